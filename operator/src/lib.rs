@@ -1,0 +1,7 @@
+//! quiesce operator: the `InferenceDeployment` API and its reconciliation
+//! into drain-aware Deployments.
+
+pub mod api;
+pub mod crd;
+pub mod rules;
+mod schema;

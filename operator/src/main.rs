@@ -1,0 +1,85 @@
+//! `quiesce-operator`: the operator binary and its offline tools.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use quiesce_operator::api::{AUTOSCALER_GRACE_PERIOD_SECONDS, InferenceDeployment};
+use quiesce_operator::{crd, rules};
+
+#[derive(Parser)]
+#[command(version, about = "Drain-aware InferenceDeployments for Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the InferenceDeployment CustomResourceDefinition as YAML.
+    Crd,
+    /// Check an InferenceDeployment file offline, as the API server would,
+    /// and print its drain plan.
+    Check {
+        /// The InferenceDeployment manifest (YAML).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crd => {
+            print!("{}", crd::to_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { file } => check(&file),
+    };
+    result.unwrap_or_else(|error| {
+        eprintln!("error: {error:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn check(file: &Path) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let resource: InferenceDeployment = serde_saphyr::from_str(&text)
+        .with_context(|| format!("{} is not a valid InferenceDeployment", file.display()))?;
+    let name = resource.metadata.name.as_deref().unwrap_or("<unnamed>");
+    if let Err(violations) = rules::validate(&resource.spec) {
+        eprintln!("{}: InferenceDeployment {name} is invalid:", file.display());
+        for violation in violations {
+            eprintln!("  - {violation}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+
+    let spec = &resource.spec;
+    let drain = &spec.drain;
+    let grace = drain.termination_grace_period_seconds();
+    println!("{}: InferenceDeployment {name} is valid", file.display());
+    println!(
+        "  engine   container {:?}, adapter {}, port {}",
+        spec.engine.container_name, spec.engine.adapter, spec.engine.port
+    );
+    println!(
+        "  drain    keep admitting {}s, then finish in-flight work within {}s, \
+         then abort with {}s to deliver abort responses, then {}s to exit",
+        drain.propagation_seconds,
+        drain.timeout_seconds,
+        drain.abort_grace_seconds,
+        drain.exit_margin_seconds
+    );
+    println!("  pods     terminationGracePeriodSeconds: {grace}");
+    if grace > AUTOSCALER_GRACE_PERIOD_SECONDS {
+        println!(
+            "  warning  the grace period exceeds {AUTOSCALER_GRACE_PERIOD_SECONDS}s, \
+             cluster-autoscaler's default --max-graceful-termination-sec: \
+             scale-downs would cut drains short"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
