@@ -3,5 +3,6 @@
 
 pub mod api;
 pub mod crd;
+pub mod render;
 pub mod rules;
 mod schema;

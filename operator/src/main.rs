@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quiesce_operator::api::{AUTOSCALER_GRACE_PERIOD_SECONDS, InferenceDeployment};
+use quiesce_operator::render::{self, DEFAULT_SIDECAR_IMAGE, RenderConfig};
 use quiesce_operator::{crd, rules};
 
 #[derive(Parser)]
@@ -26,6 +27,16 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
+    /// Print the objects the operator would apply for an InferenceDeployment
+    /// file (Deployment, Service, PodDisruptionBudget), without a cluster.
+    Render {
+        /// The InferenceDeployment manifest (YAML).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Sidecar image for resources that do not set spec.sidecar.image.
+        #[arg(long, env = "QUIESCE_SIDECAR_IMAGE", default_value = DEFAULT_SIDECAR_IMAGE)]
+        sidecar_image: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -36,6 +47,10 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { file } => check(&file),
+        Command::Render {
+            file,
+            sidecar_image,
+        } => render_file(&file, RenderConfig { sidecar_image }),
     };
     result.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");
@@ -43,11 +58,36 @@ fn main() -> ExitCode {
     })
 }
 
-fn check(file: &Path) -> anyhow::Result<ExitCode> {
+fn read_resource(file: &Path) -> anyhow::Result<InferenceDeployment> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let resource: InferenceDeployment = serde_saphyr::from_str(&text)
-        .with_context(|| format!("{} is not a valid InferenceDeployment", file.display()))?;
+    serde_saphyr::from_str(&text)
+        .with_context(|| format!("{} is not a valid InferenceDeployment", file.display()))
+}
+
+/// Prints the YAML stream on stdout and conflicts as warnings on stderr, so
+/// that `render -f x.yaml | kubectl apply -f -` applies exactly the objects.
+fn render_file(file: &Path, config: RenderConfig) -> anyhow::Result<ExitCode> {
+    let resource = read_resource(file)?;
+    let rendered = match render::render(&resource, &config) {
+        Ok(rendered) => rendered,
+        Err(error) => {
+            eprintln!("{}: {error}", file.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    for conflict in &rendered.conflicts {
+        eprintln!("warning: {conflict}");
+    }
+    print!(
+        "{}",
+        rendered.to_yaml().context("cannot serialize the objects")?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(file: &Path) -> anyhow::Result<ExitCode> {
+    let resource = read_resource(file)?;
     let name = resource.metadata.name.as_deref().unwrap_or("<unnamed>");
     if let Err(violations) = rules::validate(&resource.spec) {
         eprintln!("{}: InferenceDeployment {name} is invalid:", file.display());

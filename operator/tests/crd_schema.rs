@@ -347,7 +347,13 @@ fn bounds_guard_catches_unbounded_containers() {
 
 #[test]
 fn examples_are_valid_for_the_api_server_and_the_operator() {
-    for name in ["minimal.yaml", "full.yaml"] {
+    for name in [
+        "minimal.yaml",
+        "full.yaml",
+        "vllm.yaml",
+        "sglang.yaml",
+        "http.yaml",
+    ] {
         let object = example(name);
         assert_eq!(api_server_errors(&object), Vec::<String>::new(), "{name}");
         assert_eq!(operator_errors(&object), Vec::<String>::new(), "{name}");

@@ -1,0 +1,614 @@
+//! What quiesce adds to the engine container: the socket's address, the
+//! shared volume, the drain hook, the probes and, for vLLM, its own shutdown
+//! timeout. Whatever the user already set there is kept, as a [`Conflict`].
+
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, ExecAction, LifecycleHandler, Probe, VolumeMount,
+};
+
+use super::conflict::{
+    Conflict, ENGINE_LIVENESS_PROBE_KEPT, ENGINE_READINESS_PROBE_KEPT, ENGINE_STARTUP_PROBE_KEPT,
+    SHARED_MOUNT_SHADOWED, SHUTDOWN_TIMEOUT_KEPT, SHUTDOWN_TIMEOUT_NOT_PASSED, SOCKET_ENV_KEPT,
+};
+use super::pod::{
+    DRAIN_CLIENT_PATH, LIVE_PATH, READY_PATH, SHARED_MOUNT_PATH, SHARED_VOLUME_NAME, SOCKET_ENV,
+    SOCKET_PATH, VLLM_SHUTDOWN_TIMEOUT_FLAG, http_probe, sidecar_port,
+};
+use crate::api::{DrainSpec, EngineAdapter, EngineSpec, InferenceDeploymentSpec};
+
+/// Period of quiesce's startup probe on the engine.
+pub const STARTUP_PROBE_PERIOD_SECONDS: i32 = 10;
+
+/// The engine's preStop hook: the drain client, copied into the shared
+/// volume by the sidecar, asks the sidecar over the socket to drain and
+/// returns when the drain is over.
+pub fn pre_stop_command(drain: &DrainSpec) -> Vec<String> {
+    [
+        DRAIN_CLIENT_PATH,
+        "drain",
+        "--socket",
+        SOCKET_PATH,
+        "--propagation-seconds",
+        &drain.propagation_seconds.to_string(),
+        "--timeout-seconds",
+        &drain.timeout_seconds.to_string(),
+        "--abort-grace-seconds",
+        &drain.abort_grace_seconds.to_string(),
+    ]
+    .map(str::to_owned)
+    .into()
+}
+
+/// Startup probe failures allowed: enough periods to cover
+/// `startupTimeoutSeconds`, rounded up.
+pub fn startup_failure_threshold(engine: &EngineSpec) -> i32 {
+    let timeout = engine.startup_timeout_seconds.max(1);
+    (timeout + STARTUP_PROBE_PERIOD_SECONDS - 1) / STARTUP_PROBE_PERIOD_SECONDS
+}
+
+/// Adds quiesce's parts to the engine container, whose path is `field`.
+pub(super) fn instrument_engine(
+    engine: &mut Container,
+    field: &str,
+    spec: &InferenceDeploymentSpec,
+) -> Vec<Conflict> {
+    let mut conflicts = Vec::new();
+    set_socket_env(engine, field, &mut conflicts);
+    mount_shared_volume(engine, field, &mut conflicts);
+    install_pre_stop(engine, &spec.drain);
+    install_probes(engine, field, spec, &mut conflicts);
+    if spec.engine.adapter == EngineAdapter::Vllm {
+        pass_vllm_shutdown_timeout(engine, field, &spec.drain, &mut conflicts);
+    }
+    conflicts
+}
+
+fn set_socket_env(engine: &mut Container, field: &str, conflicts: &mut Vec<Conflict>) {
+    let env = engine.env.get_or_insert_default();
+    match env.iter().position(|var| var.name == SOCKET_ENV) {
+        None => env.push(EnvVar {
+            name: SOCKET_ENV.to_owned(),
+            value: Some(SOCKET_PATH.to_owned()),
+            ..EnvVar::default()
+        }),
+        Some(i) if env[i].value.as_deref() == Some(SOCKET_PATH) && env[i].value_from.is_none() => {}
+        Some(i) => conflicts.push(Conflict::new(
+            SOCKET_ENV_KEPT,
+            format!("{field}.env[{i}]"),
+            format!(
+                "the engine container sets {SOCKET_ENV} itself, so quiesce's value \
+                 {SOCKET_PATH} was not set: an engine that speaks the drain protocol will not \
+                 find the sidecar there; remove it from the engine container"
+            ),
+        )),
+    }
+}
+
+/// Read-only: the engine connects to the socket and runs the drain client,
+/// but has no business changing either.
+fn mount_shared_volume(engine: &mut Container, field: &str, conflicts: &mut Vec<Conflict>) {
+    let mounts = engine.volume_mounts.get_or_insert_default();
+    let inside = format!("{SHARED_MOUNT_PATH}/");
+    for (j, mount) in mounts.iter().enumerate() {
+        if mount.mount_path.starts_with(&inside) {
+            conflicts.push(Conflict::new(
+                SHARED_MOUNT_SHADOWED,
+                format!("{field}.volumeMounts[{j}].mountPath"),
+                format!(
+                    "the engine container mounts {} inside quiesce's {SHARED_MOUNT_PATH}: it \
+                     may hide the socket or the drain client from the engine, and then the \
+                     preStop hook fails and the pod stops without draining; mount it elsewhere",
+                    mount.mount_path
+                ),
+            ));
+        }
+    }
+    mounts.push(VolumeMount {
+        name: SHARED_VOLUME_NAME.to_owned(),
+        mount_path: SHARED_MOUNT_PATH.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
+}
+
+/// An exec hook over the socket rather than an httpGet hook: httpGet goes
+/// through the pod IP, so anyone in the cluster could drain the pod. The
+/// rules reject a user preStop on the engine, so there is none to keep.
+fn install_pre_stop(engine: &mut Container, drain: &DrainSpec) {
+    engine.lifecycle.get_or_insert_default().pre_stop = Some(LifecycleHandler {
+        exec: Some(ExecAction {
+            command: Some(pre_stop_command(drain)),
+        }),
+        ..LifecycleHandler::default()
+    });
+}
+
+/// One of the engine's probes: quiesce's version and what is lost when the
+/// user's own is kept instead.
+struct ProbeSlot {
+    field: &'static str,
+    reason: &'static str,
+    ours: Probe,
+    cost: String,
+}
+
+fn install_probes(
+    engine: &mut Container,
+    field: &str,
+    spec: &InferenceDeploymentSpec,
+    conflicts: &mut Vec<Conflict>,
+) {
+    let [readiness, liveness, startup] = engine_probes(spec);
+    let slots = [
+        (&mut engine.readiness_probe, readiness),
+        (&mut engine.liveness_probe, liveness),
+        (&mut engine.startup_probe, startup),
+    ];
+    for (slot, probe) in slots {
+        if slot.is_none() {
+            *slot = Some(probe.ours);
+        } else {
+            conflicts.push(Conflict::new(
+                probe.reason,
+                format!("{field}.{}", probe.field),
+                format!(
+                    "the engine container has its own {}, which is kept, so quiesce's was not \
+                     installed: {}; remove yours to get quiesce's",
+                    probe.field, probe.cost
+                ),
+            ));
+        }
+    }
+}
+
+/// All three ask the sidecar, which knows the engine's phase: the engine
+/// itself needs no health endpoint.
+fn engine_probes(spec: &InferenceDeploymentSpec) -> [ProbeSlot; 3] {
+    let port = sidecar_port(&spec.sidecar);
+    let startup_timeout = spec.engine.startup_timeout_seconds;
+    [
+        ProbeSlot {
+            field: "readinessProbe",
+            reason: ENGINE_READINESS_PROBE_KEPT,
+            // Every 2 s, unready after one failure: the drain turns /ready to
+            // 503 at once, and the endpoint must stop serving within the
+            // propagation delay.
+            ours: Probe {
+                period_seconds: Some(2),
+                failure_threshold: Some(1),
+                success_threshold: Some(1),
+                timeout_seconds: Some(1),
+                ..http_probe(READY_PATH, port)
+            },
+            cost: format!(
+                "readiness no longer follows the sidecar's :{port}{READY_PATH}, so the pod does \
+                 not turn unready when its drain starts (load balancers that use terminating \
+                 endpoints keep sending it requests) nor when the sidecar loses the engine"
+            ),
+        },
+        ProbeSlot {
+            field: "livenessProbe",
+            reason: ENGINE_LIVENESS_PROBE_KEPT,
+            // Three misses 10 s apart: a busy engine is not a dead one.
+            ours: Probe {
+                period_seconds: Some(10),
+                failure_threshold: Some(3),
+                timeout_seconds: Some(2),
+                ..http_probe(LIVE_PATH, port)
+            },
+            cost: format!(
+                "the kubelet restarts the engine on your probe's verdict instead of the \
+                 sidecar's :{port}{LIVE_PATH}, which stays healthy while a drain makes progress; \
+                 make sure yours passes while the engine drains"
+            ),
+        },
+        ProbeSlot {
+            field: "startupProbe",
+            reason: ENGINE_STARTUP_PROBE_KEPT,
+            // Liveness only starts once this passes: model loading takes
+            // minutes and must not count as a hang.
+            ours: Probe {
+                period_seconds: Some(STARTUP_PROBE_PERIOD_SECONDS),
+                failure_threshold: Some(startup_failure_threshold(&spec.engine)),
+                ..http_probe(READY_PATH, port)
+            },
+            cost: format!(
+                "spec.engine.startupTimeoutSeconds ({startup_timeout}s) has no effect: your \
+                 probe decides how long the engine may load before the kubelet restarts it"
+            ),
+        },
+    ]
+}
+
+/// vLLM drains by itself after SIGTERM for `--shutdown-timeout` seconds, then
+/// aborts explicitly (its default, 0, aborts at once). The drain proper runs
+/// in the preStop hook, so SIGTERM leaves vLLM only the abort grace and the
+/// exit margin: a longer timeout would let the kubelet's SIGKILL cut streams
+/// that vLLM should have aborted (see docs/pod.md).
+fn pass_vllm_shutdown_timeout(
+    engine: &mut Container,
+    field: &str,
+    drain: &DrainSpec,
+    conflicts: &mut Vec<Conflict>,
+) {
+    let ours = format!("{VLLM_SHUTDOWN_TIMEOUT_FLAG}={}", drain.abort_grace_seconds);
+    let mentions_flag = |words: &Option<Vec<String>>| {
+        words
+            .iter()
+            .flatten()
+            .any(|word| word.contains(VLLM_SHUTDOWN_TIMEOUT_FLAG))
+    };
+    let given_in = if mentions_flag(&engine.command) {
+        Some("command")
+    } else if mentions_flag(&engine.args) {
+        Some("args")
+    } else {
+        None
+    };
+    if let Some(place) = given_in {
+        conflicts.push(Conflict::new(
+            SHUTDOWN_TIMEOUT_KEPT,
+            format!("{field}.{place}"),
+            format!(
+                "the engine already passes {VLLM_SHUTDOWN_TIMEOUT_FLAG}, which is kept, so \
+                 quiesce did not add {ours}: after SIGTERM vLLM waits your value instead of \
+                 spec.drain.abortGraceSeconds before it aborts; remove yours to get quiesce's"
+            ),
+        ));
+    } else if runs_through_a_shell(engine) {
+        conflicts.push(Conflict::new(
+            SHUTDOWN_TIMEOUT_NOT_PASSED,
+            format!("{field}.command"),
+            format!(
+                "the engine runs through a shell, where an added argument would not reach \
+                 vLLM, so quiesce did not add {ours}: vLLM aborts in-flight requests as soon as \
+                 it gets SIGTERM; add {ours} to your script"
+            ),
+        ));
+    } else {
+        engine.args.get_or_insert_default().push(ours);
+    }
+}
+
+/// `sh -c "vllm serve ..."`: arguments after the script become the script's
+/// `$0`, `$1`, not vLLM's.
+fn runs_through_a_shell(engine: &Container) -> bool {
+    let program = engine.command.iter().flatten().next();
+    program.is_some_and(|program| {
+        let base = program.rsplit('/').next().unwrap_or(program);
+        matches!(base, "sh" | "bash" | "dash" | "ash" | "zsh" | "ksh")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+    use super::*;
+    use crate::render::conflict::ALL_REASONS;
+    use crate::render::fixtures::*;
+
+    fn engine_of(yaml: &str) -> (Container, Vec<Conflict>) {
+        let (template, conflicts) = render_pod(yaml);
+        (container(&template, "engine").clone(), conflicts)
+    }
+
+    fn vllm(container_yaml: &str) -> String {
+        format!(
+            "
+engine: {{adapter: vllm}}
+drain: {{timeoutSeconds: 300, abortGraceSeconds: 7}}
+template:
+  spec:
+    containers:
+    - name: engine
+      image: vllm/vllm-openai:v0.23.0
+{container_yaml}"
+        )
+    }
+
+    #[test]
+    fn pre_stop_runs_the_drain_client_with_the_drain_settings() {
+        let (engine, _) = engine_of(&format!(
+            "{MINIMAL}drain: {{propagationSeconds: 7, timeoutSeconds: 600, abortGraceSeconds: 3}}\n"
+        ));
+        let pre_stop = engine.lifecycle.unwrap().pre_stop.unwrap();
+        assert_eq!(pre_stop.http_get, None);
+        assert_eq!(
+            pre_stop.exec.unwrap().command.unwrap(),
+            [
+                "/run/quiesce/bin/quiesce-sidecar",
+                "drain",
+                "--socket",
+                "/run/quiesce/quiesce.sock",
+                "--propagation-seconds",
+                "7",
+                "--timeout-seconds",
+                "600",
+                "--abort-grace-seconds",
+                "3",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_users_post_start_hook_is_kept() {
+        let (engine, _) = engine_of(
+            "
+template:
+  spec:
+    containers:
+    - name: engine
+      lifecycle:
+        postStart: {exec: {command: [touch, /tmp/started]}}
+",
+        );
+        let lifecycle = engine.lifecycle.unwrap();
+        assert!(lifecycle.post_start.is_some());
+        assert!(lifecycle.pre_stop.is_some());
+    }
+
+    #[test]
+    fn the_socket_env_is_appended_to_the_users() {
+        let (engine, conflicts) = engine_of(
+            "
+template:
+  spec:
+    containers:
+    - name: engine
+      env: [{name: HF_HOME, value: /models}]
+",
+        );
+        let env = engine.env.unwrap();
+        assert_eq!(env[0].name, "HF_HOME");
+        assert_eq!(env[1].name, "QUIESCE_SOCKET");
+        assert_eq!(env[1].value.as_deref(), Some("/run/quiesce/quiesce.sock"));
+        assert!(conflicts.is_empty());
+    }
+
+    #[test]
+    fn a_users_socket_env_is_kept() {
+        let same = "
+template:
+  spec:
+    containers:
+    - name: engine
+      env: [{name: QUIESCE_SOCKET, value: /run/quiesce/quiesce.sock}]
+";
+        let (engine, conflicts) = engine_of(same);
+        assert_eq!(engine.env.unwrap().len(), 1, "no duplicate");
+        assert!(conflicts.is_empty(), "the same value is no conflict");
+
+        let other = same.replace("/run/quiesce/quiesce.sock", "/tmp/mine.sock");
+        let (engine, conflicts) = engine_of(&other);
+        let env = engine.env.unwrap();
+        assert_eq!(env.len(), 1);
+        assert_eq!(env[0].value.as_deref(), Some("/tmp/mine.sock"));
+        assert_eq!(reasons(&conflicts), [SOCKET_ENV_KEPT]);
+        assert_eq!(
+            conflicts[0].field,
+            "spec.template.spec.containers[0].env[0]"
+        );
+
+        let from_secret = "
+template:
+  spec:
+    containers:
+    - name: engine
+      env: [{name: QUIESCE_SOCKET, valueFrom: {secretKeyRef: {name: s, key: k}}}]
+";
+        let (_, conflicts) = engine_of(from_secret);
+        assert_eq!(reasons(&conflicts), [SOCKET_ENV_KEPT]);
+    }
+
+    #[test]
+    fn the_engine_mounts_the_shared_volume_read_only() {
+        let (engine, _) = engine_of(MINIMAL);
+        let mounts = engine.volume_mounts.unwrap();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].name, "quiesce");
+        assert_eq!(mounts[0].mount_path, "/run/quiesce");
+        assert_eq!(mounts[0].read_only, Some(true));
+    }
+
+    #[test]
+    fn a_mount_inside_the_shared_path_is_a_conflict() {
+        let (engine, conflicts) = engine_of(
+            "
+template:
+  spec:
+    containers:
+    - name: engine
+      volumeMounts:
+      - {name: models, mountPath: /models}
+      - {name: bin, mountPath: /run/quiesce/bin}
+",
+        );
+        assert_eq!(engine.volume_mounts.unwrap().len(), 3);
+        assert_eq!(reasons(&conflicts), [SHARED_MOUNT_SHADOWED]);
+        assert_eq!(
+            conflicts[0].field,
+            "spec.template.spec.containers[0].volumeMounts[1].mountPath"
+        );
+    }
+
+    #[test]
+    fn probes_ask_the_sidecar() {
+        let (engine, _) = engine_of(&format!("{MINIMAL}sidecar: {{port: 9191}}\n"));
+        let readiness = engine.readiness_probe.unwrap();
+        let get = readiness.http_get.clone().unwrap();
+        assert_eq!(
+            (get.path.as_deref(), get.port),
+            (Some("/ready"), IntOrString::Int(9191))
+        );
+        assert_eq!(readiness.period_seconds, Some(2));
+        assert_eq!(readiness.failure_threshold, Some(1));
+        assert_eq!(readiness.success_threshold, Some(1));
+        assert_eq!(readiness.timeout_seconds, Some(1));
+
+        let liveness = engine.liveness_probe.unwrap();
+        let get = liveness.http_get.clone().unwrap();
+        assert_eq!(
+            (get.path.as_deref(), get.port),
+            (Some("/live"), IntOrString::Int(9191))
+        );
+        assert_eq!(liveness.period_seconds, Some(10));
+        assert_eq!(liveness.failure_threshold, Some(3));
+        assert_eq!(liveness.timeout_seconds, Some(2));
+
+        let startup = engine.startup_probe.unwrap();
+        let get = startup.http_get.clone().unwrap();
+        assert_eq!(
+            (get.path.as_deref(), get.port),
+            (Some("/ready"), IntOrString::Int(9191))
+        );
+        assert_eq!(startup.period_seconds, Some(10));
+        assert_eq!(startup.failure_threshold, Some(180), "1800 s / 10 s");
+    }
+
+    #[test]
+    fn the_startup_probe_covers_the_startup_timeout_rounded_up() {
+        for (timeout, threshold) in [(10, 1), (11, 2), (600, 60), (1205, 121), (7200, 720)] {
+            let engine = EngineSpec {
+                startup_timeout_seconds: timeout,
+                ..EngineSpec::default()
+            };
+            let threshold_seconds =
+                startup_failure_threshold(&engine) * STARTUP_PROBE_PERIOD_SECONDS;
+            assert_eq!(startup_failure_threshold(&engine), threshold, "{timeout}");
+            assert!(threshold_seconds >= timeout && threshold_seconds < timeout + 10);
+        }
+    }
+
+    #[test]
+    fn a_users_probes_are_kept_each_with_a_conflict() {
+        let probes = [
+            ("readinessProbe", ENGINE_READINESS_PROBE_KEPT),
+            ("livenessProbe", ENGINE_LIVENESS_PROBE_KEPT),
+            ("startupProbe", ENGINE_STARTUP_PROBE_KEPT),
+        ];
+        for (probe, reason) in probes {
+            let (engine, conflicts) = engine_of(&format!(
+                "
+template:
+  spec:
+    containers:
+    - name: engine
+      {probe}: {{tcpSocket: {{port: 8000}}, periodSeconds: 42}}
+"
+            ));
+            let kept = match probe {
+                "readinessProbe" => engine.readiness_probe,
+                "livenessProbe" => engine.liveness_probe,
+                _ => engine.startup_probe,
+            };
+            assert_eq!(kept.unwrap().period_seconds, Some(42), "{probe} kept");
+            assert_eq!(reasons(&conflicts), [reason]);
+            assert_eq!(
+                conflicts[0].field,
+                format!("spec.template.spec.containers[0].{probe}")
+            );
+            assert!(conflicts[0].message.contains("was not installed"));
+        }
+    }
+
+    #[test]
+    fn the_engine_is_found_by_name_among_other_containers() {
+        let (template, conflicts) = render_pod(
+            "
+engine: {containerName: server}
+template:
+  spec:
+    containers:
+    - name: proxy
+      readinessProbe: {tcpSocket: {port: 15000}}
+    - name: server
+      readinessProbe: {tcpSocket: {port: 8000}}
+",
+        );
+        let proxy = container(&template, "proxy");
+        assert_eq!(proxy.lifecycle, None);
+        assert_eq!(proxy.env, None);
+        assert!(proxy.readiness_probe.as_ref().unwrap().tcp_socket.is_some());
+        assert_eq!(
+            conflicts[0].field,
+            "spec.template.spec.containers[1].readinessProbe"
+        );
+        assert!(container(&template, "server").lifecycle.is_some());
+    }
+
+    #[test]
+    fn vllm_gets_the_abort_grace_as_its_shutdown_timeout() {
+        let (engine, conflicts) = engine_of(&vllm("      args: [--model=m]\n"));
+        assert_eq!(engine.args.unwrap(), ["--model=m", "--shutdown-timeout=7"]);
+        assert!(conflicts.is_empty());
+
+        let (engine, _) = engine_of(&vllm(""));
+        assert_eq!(engine.args.unwrap(), ["--shutdown-timeout=7"]);
+    }
+
+    #[test]
+    fn a_users_shutdown_timeout_is_kept() {
+        for (container_yaml, place) in [
+            ("      args: [--model=m, --shutdown-timeout=30]\n", "args"),
+            ("      args: [--shutdown-timeout, '30']\n", "args"),
+            (
+                "      command: [vllm, serve, --shutdown-timeout=30]\n",
+                "command",
+            ),
+        ] {
+            let (engine, conflicts) = engine_of(&vllm(container_yaml));
+            let words: Vec<String> = engine
+                .command
+                .into_iter()
+                .chain(engine.args)
+                .flatten()
+                .collect();
+            assert!(
+                !words.contains(&"--shutdown-timeout=300".to_owned()),
+                "{words:?}"
+            );
+            assert_eq!(reasons(&conflicts), [SHUTDOWN_TIMEOUT_KEPT]);
+            assert_eq!(
+                conflicts[0].field,
+                format!("spec.template.spec.containers[0].{place}")
+            );
+        }
+    }
+
+    #[test]
+    fn vllm_behind_a_shell_gets_no_flag_and_a_conflict() {
+        let (engine, conflicts) =
+            engine_of(&vllm("      command: [/bin/sh, -c, 'vllm serve m']\n"));
+        assert_eq!(engine.args, None);
+        assert_eq!(reasons(&conflicts), [SHUTDOWN_TIMEOUT_NOT_PASSED]);
+        assert!(conflicts[0].message.contains("--shutdown-timeout=7"));
+    }
+
+    #[test]
+    fn other_adapters_get_no_shutdown_flag() {
+        for adapter in ["protocol", "sglang", "http"] {
+            let (engine, _) = engine_of(&format!(
+                "engine: {{adapter: {adapter}, healthPath: /health}}\n{MINIMAL}"
+            ));
+            assert_eq!(engine.args, None, "{adapter}");
+        }
+    }
+
+    #[test]
+    fn conflict_reasons_come_from_the_documented_list() {
+        let (_, conflicts) = render_pod(&vllm(
+            "      args: [--shutdown-timeout=1]
+      env: [{name: QUIESCE_SOCKET, value: /x}]
+      readinessProbe: {tcpSocket: {port: 1}}
+      livenessProbe: {tcpSocket: {port: 1}}
+      startupProbe: {tcpSocket: {port: 1}}
+      volumeMounts: [{name: x, mountPath: /run/quiesce/x}]
+",
+        ));
+        assert_eq!(conflicts.len(), 6, "{conflicts:#?}");
+        for conflict in &conflicts {
+            assert!(ALL_REASONS.contains(&conflict.reason), "{conflict}");
+        }
+    }
+}

@@ -1,0 +1,689 @@
+//! The pod template: the user's template plus the quiesce sidecar, the
+//! shared socket volume, the engine's drain hook and probes, and the grace
+//! period. docs/pod.md explains every injected field.
+//!
+//! The names and values below are a contract: the sidecar, the engine SDK
+//! and the end-to-end harness rely on them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, Volume,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sha2::{Digest, Sha256};
+
+use super::conflict::{Conflict, RESERVED_ANNOTATION_OVERRIDDEN};
+use super::labels::{overlay_owned_keys, pod_labels};
+use super::{RenderConfig, RenderError, engine, sidecar};
+use crate::api::{DrainSpec, InferenceDeploymentSpec, SidecarSpec};
+use crate::rules::{ENGINE_CONTAINER_PRESENT_MSG, Violation};
+
+pub use super::engine::{
+    STARTUP_PROBE_PERIOD_SECONDS, pre_stop_command, startup_failure_threshold,
+};
+pub use super::sidecar::{default_sidecar_resources, restricted_security_context, sidecar_args};
+
+/// Name of the injected sidecar (an init container with `restartPolicy: Always`).
+pub const SIDECAR_CONTAINER_NAME: &str = "quiesce-sidecar";
+/// Name of the shared volume that holds the socket and the drain client.
+pub const SHARED_VOLUME_NAME: &str = "quiesce";
+/// Where both the sidecar and the engine mount the shared volume.
+pub const SHARED_MOUNT_PATH: &str = "/run/quiesce";
+/// Size limit of the shared volume (memory-backed: it counts against the
+/// pod's memory).
+pub const SHARED_VOLUME_SIZE_LIMIT: &str = "64Mi";
+/// The Unix socket the sidecar serves and the engine connects to.
+pub const SOCKET_PATH: &str = "/run/quiesce/quiesce.sock";
+/// Where the sidecar copies its own static binary at start-up.
+pub const INSTALL_DIR: &str = "/run/quiesce/bin";
+/// The copied binary, run by the engine's preStop hook.
+pub const DRAIN_CLIENT_PATH: &str = "/run/quiesce/bin/quiesce-sidecar";
+/// Environment variable that tells the engine where the socket is.
+pub const SOCKET_ENV: &str = "QUIESCE_SOCKET";
+/// Port of the sidecar's `/live`, `/ready` and `/metrics` unless
+/// `spec.sidecar.port` says otherwise.
+pub const DEFAULT_SIDECAR_PORT: i32 = 9090;
+/// Name of the sidecar's container port.
+pub const SIDECAR_PORT_NAME: &str = "quiesce";
+/// The sidecar's liveness endpoint.
+pub const LIVE_PATH: &str = "/live";
+/// The sidecar's readiness endpoint: ready while the engine is ready and not
+/// draining.
+pub const READY_PATH: &str = "/ready";
+/// Health path of the vllm and sglang adapters when `spec.engine.healthPath`
+/// is not set.
+pub const DEFAULT_HEALTH_PATH: &str = "/health";
+/// Metrics path of the vllm and sglang adapters when
+/// `spec.engine.metricsPath` is not set.
+pub const DEFAULT_METRICS_PATH: &str = "/metrics";
+/// User and group the sidecar runs as (the distroless `nonroot` user).
+pub const SIDECAR_USER_ID: i64 = 65532;
+/// Group set as the pod's `fsGroup` when the user sets none, so that the
+/// engine may connect to the sidecar's socket (mode 0660).
+pub const SHARED_GROUP_ID: i64 = 65532;
+/// Pod template annotation: hash of the drain settings.
+pub const DRAIN_HASH_ANNOTATION: &str = "quiesce.dev/drain-hash";
+/// Pod template annotation: the computed grace period, for people reading
+/// the pod.
+pub const GRACE_PERIOD_ANNOTATION: &str = "quiesce.dev/termination-grace-period-seconds";
+/// vLLM's flag for how long it drains by itself after SIGTERM.
+pub const VLLM_SHUTDOWN_TIMEOUT_FLAG: &str = "--shutdown-timeout";
+
+/// The sidecar port of `spec.sidecar`.
+pub fn sidecar_port(sidecar: &SidecarSpec) -> i32 {
+    sidecar.port.unwrap_or(DEFAULT_SIDECAR_PORT)
+}
+
+/// Renders the pod template of `spec`'s Deployment for the resource `name`.
+///
+/// Expects a spec that passed [`crate::rules::validate`]. Returns the
+/// template and the user fields that were kept instead of quiesce's (see
+/// [`Conflict`]); fails when the template clashes with what quiesce injects
+/// so that no valid pod could be made.
+pub fn render_pod_template(
+    spec: &InferenceDeploymentSpec,
+    name: &str,
+    config: &RenderConfig,
+) -> Result<(PodTemplateSpec, Vec<Conflict>), RenderError> {
+    let mut template = spec.template.clone();
+    let pod = template.spec.as_mut().ok_or_else(engine_missing)?;
+    let engine_index = pod
+        .containers
+        .iter()
+        .position(|c| c.name == spec.engine.container_name)
+        .ok_or_else(engine_missing)?;
+    let clashes = find_clashes(pod, engine_index, spec);
+    if !clashes.is_empty() {
+        return Err(RenderError::Unrenderable(clashes));
+    }
+
+    let mut conflicts = engine::instrument_engine(
+        &mut pod.containers[engine_index],
+        &format!("spec.template.spec.containers[{engine_index}]"),
+        spec,
+    );
+    inject_sidecar(pod, sidecar::sidecar_container(spec, config));
+    pod.volumes.get_or_insert_default().push(shared_volume());
+    pod.termination_grace_period_seconds = Some(spec.drain.termination_grace_period_seconds());
+    share_socket_group(pod);
+
+    let metadata = template.metadata.get_or_insert_default();
+    let (labels, label_conflicts) = pod_labels(metadata.labels.as_ref(), name);
+    let (annotations, annotation_conflicts) = overlay_owned_keys(
+        metadata.annotations.as_ref(),
+        drain_annotations(&spec.drain),
+        "spec.template.metadata.annotations",
+        RESERVED_ANNOTATION_OVERRIDDEN,
+    );
+    metadata.labels = Some(labels);
+    metadata.annotations = Some(annotations);
+    conflicts.extend(label_conflicts);
+    conflicts.extend(annotation_conflicts);
+    Ok((template, conflicts))
+}
+
+/// A stable hash of the drain settings: 16 hex digits of the SHA-256 of a
+/// canonical string. It changes exactly when a drain setting changes, so
+/// such a change rolls the pods and the new settings are visible on them.
+/// (std's `DefaultHasher` may change between Rust releases, which would roll
+/// every pod on an operator upgrade.)
+pub fn drain_hash(drain: &DrainSpec) -> String {
+    let canonical = format!(
+        "propagationSeconds={}\ntimeoutSeconds={}\nabortGraceSeconds={}\nexitMarginSeconds={}\n",
+        drain.propagation_seconds,
+        drain.timeout_seconds,
+        drain.abort_grace_seconds,
+        drain.exit_margin_seconds,
+    );
+    Sha256::digest(canonical.as_bytes())
+        .iter()
+        .take(8)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// An HTTP GET probe on `path` of the sidecar's `port` (a number: the engine
+/// cannot name a port of another container).
+pub(crate) fn http_probe(path: &str, port: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(port),
+            ..HTTPGetAction::default()
+        }),
+        ..Probe::default()
+    }
+}
+
+fn engine_missing() -> RenderError {
+    RenderError::Invalid(vec![Violation {
+        field: "spec.template.spec.containers".to_owned(),
+        message: ENGINE_CONTAINER_PRESENT_MSG.to_owned(),
+    }])
+}
+
+/// Names and ports quiesce needs that the template already uses: the API
+/// server would refuse the pod, or the sidecar could not start.
+fn find_clashes(
+    pod: &PodSpec,
+    engine_index: usize,
+    spec: &InferenceDeploymentSpec,
+) -> Vec<Violation> {
+    let port = sidecar_port(&spec.sidecar);
+    let mut clashes = container_clashes(pod, port);
+    if spec.engine.port == port {
+        clashes.push(violation(
+            "spec.sidecar.port".to_owned(),
+            format!(
+                "port {port} is also spec.engine.port, so the sidecar could not listen: \
+                 set spec.sidecar.port to a port no container uses"
+            ),
+        ));
+    }
+    clashes.extend(volume_clashes(pod));
+    clashes.extend(mount_clashes(&pod.containers[engine_index], engine_index));
+    clashes
+}
+
+/// Containers named like the sidecar, and container ports on the sidecar's.
+fn container_clashes(pod: &PodSpec, sidecar_port: i32) -> Vec<Violation> {
+    let init_containers = pod.init_containers.as_deref().unwrap_or_default();
+    let lists = [
+        ("containers", &pod.containers[..]),
+        ("initContainers", init_containers),
+    ];
+    let mut clashes = Vec::new();
+    for (list, containers) in lists {
+        for (i, container) in containers.iter().enumerate() {
+            let field = format!("spec.template.spec.{list}[{i}]");
+            if container.name == SIDECAR_CONTAINER_NAME {
+                clashes.push(violation(
+                    format!("{field}.name"),
+                    format!(
+                        "{SIDECAR_CONTAINER_NAME} is the name of the sidecar quiesce injects: \
+                         rename your container"
+                    ),
+                ));
+            }
+            for (j, declared) in container.ports.iter().flatten().enumerate() {
+                if declared.container_port == sidecar_port {
+                    clashes.push(violation(
+                        format!("{field}.ports[{j}].containerPort"),
+                        format!(
+                            "port {sidecar_port} is the sidecar's (spec.sidecar.port, default \
+                             {DEFAULT_SIDECAR_PORT}): set spec.sidecar.port to a port no \
+                             container uses"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    clashes
+}
+
+fn volume_clashes(pod: &PodSpec) -> Vec<Violation> {
+    let volumes = pod.volumes.iter().flatten().enumerate();
+    volumes
+        .filter(|(_, volume)| volume.name == SHARED_VOLUME_NAME)
+        .map(|(i, _)| {
+            violation(
+                format!("spec.template.spec.volumes[{i}].name"),
+                format!(
+                    "{SHARED_VOLUME_NAME} is the name of the volume quiesce injects: rename \
+                     your volume"
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A container may not mount two volumes at one path, and without the
+/// shared volume the engine could reach neither the socket nor the drain
+/// client.
+fn mount_clashes(engine: &Container, engine_index: usize) -> Vec<Violation> {
+    let mounts = engine.volume_mounts.iter().flatten().enumerate();
+    mounts
+        .filter(|(_, mount)| mount.mount_path.trim_end_matches('/') == SHARED_MOUNT_PATH)
+        .map(|(j, _)| {
+            violation(
+                format!(
+                    "spec.template.spec.containers[{engine_index}].volumeMounts[{j}].mountPath"
+                ),
+                format!(
+                    "{SHARED_MOUNT_PATH} is where quiesce mounts the drain socket in the engine \
+                     container: mount your volume elsewhere"
+                ),
+            )
+        })
+        .collect()
+}
+
+fn violation(field: String, message: String) -> Violation {
+    Violation { field, message }
+}
+
+/// The sidecar goes first among the init containers: the kubelet starts
+/// init containers in order, and the user's may need the socket too.
+fn inject_sidecar(pod: &mut PodSpec, sidecar: Container) {
+    let user_init_containers = pod.init_containers.take().unwrap_or_default();
+    pod.init_containers = Some(
+        std::iter::once(sidecar)
+            .chain(user_init_containers)
+            .collect(),
+    );
+}
+
+/// Memory-backed: the socket and the copied binary need no disk, and a
+/// tmpfs is never shared with another pod.
+fn shared_volume() -> Volume {
+    Volume {
+        name: SHARED_VOLUME_NAME.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".to_owned()),
+            size_limit: Some(Quantity(SHARED_VOLUME_SIZE_LIMIT.to_owned())),
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The sidecar and the engine run as different users; the socket (mode
+/// 0660) is reachable by both only through a group they share. The pod's
+/// `fsGroup` is that group: the kubelet adds it to every container's
+/// groups and gives the volume to it. A user's own `fsGroup` is kept: it
+/// works the same way. `OnRootMismatch` spares large model volumes a
+/// recursive chown at every start.
+fn share_socket_group(pod: &mut PodSpec) {
+    let security = pod
+        .security_context
+        .get_or_insert_with(PodSecurityContext::default);
+    if security.fs_group.is_none() {
+        security.fs_group = Some(SHARED_GROUP_ID);
+        security
+            .fs_group_change_policy
+            .get_or_insert_with(|| "OnRootMismatch".to_owned());
+    }
+}
+
+fn drain_annotations(drain: &DrainSpec) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (DRAIN_HASH_ANNOTATION.to_owned(), drain_hash(drain)),
+        (
+            GRACE_PERIOD_ANNOTATION.to_owned(),
+            drain.termination_grace_period_seconds().to_string(),
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::fixtures::*;
+
+    #[test]
+    fn grace_period_is_the_sum_of_the_drain_phases() {
+        let (template, _) = render_pod(MINIMAL);
+        assert_eq!(
+            pod_spec(&template).termination_grace_period_seconds,
+            Some(140)
+        );
+
+        let custom = format!(
+            "{MINIMAL}drain: {{propagationSeconds: 7, timeoutSeconds: 600, abortGraceSeconds: 3, exitMarginSeconds: 30}}\n"
+        );
+        let (template, _) = render_pod(&custom);
+        assert_eq!(
+            pod_spec(&template).termination_grace_period_seconds,
+            Some(640)
+        );
+        let annotations = template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(annotations[GRACE_PERIOD_ANNOTATION], "640");
+    }
+
+    #[test]
+    fn drain_hash_is_pinned_for_the_defaults() {
+        // A change here rolls every pod of every cluster on an operator
+        // upgrade: only change the canonical string deliberately.
+        assert_eq!(drain_hash(&DrainSpec::default()), "250f02527ecdf4d9");
+    }
+
+    #[test]
+    fn drain_hash_changes_with_each_drain_setting() {
+        let base = DrainSpec::default();
+        let edits: [fn(&mut DrainSpec); 4] = [
+            |d| d.propagation_seconds += 1,
+            |d| d.timeout_seconds += 1,
+            |d| d.abort_grace_seconds += 1,
+            |d| d.exit_margin_seconds += 1,
+        ];
+        for edit in edits {
+            let mut changed = base.clone();
+            edit(&mut changed);
+            assert_ne!(drain_hash(&changed), drain_hash(&base), "{changed:?}");
+        }
+        // Digits cannot slide from one field to the next.
+        let a = DrainSpec {
+            propagation_seconds: 1,
+            timeout_seconds: 23,
+            ..base.clone()
+        };
+        let b = DrainSpec {
+            propagation_seconds: 12,
+            timeout_seconds: 3,
+            ..base
+        };
+        assert_ne!(drain_hash(&a), drain_hash(&b));
+    }
+
+    #[test]
+    fn drain_hash_annotation_ignores_everything_but_the_drain() {
+        let annotation = |yaml: &str| {
+            let (template, _) = render_pod(yaml);
+            template.metadata.unwrap().annotations.unwrap()[DRAIN_HASH_ANNOTATION].clone()
+        };
+        let base = annotation(MINIMAL);
+        assert_eq!(base, drain_hash(&DrainSpec::default()));
+        let others = [
+            "replicas: 7\n",
+            "engine: {port: 9000, startupTimeoutSeconds: 60}\n",
+            "sidecar: {image: other:2, port: 9191}\n",
+            "service: {enabled: false}\n",
+            "strategy: {maxSurge: 2, maxUnavailable: 1}\n",
+        ];
+        for other in others {
+            assert_eq!(annotation(&format!("{MINIMAL}{other}")), base, "{other}");
+        }
+        let drain = format!("{MINIMAL}drain: {{timeoutSeconds: 121}}\n");
+        assert_ne!(annotation(&drain), base);
+    }
+
+    #[test]
+    fn user_annotations_are_kept_and_ours_win() {
+        let (template, conflicts) = render_pod(
+            "
+template:
+  metadata:
+    annotations:
+      prometheus.io/scrape: 'true'
+      quiesce.dev/drain-hash: stale
+  spec:
+    containers:
+    - name: engine
+",
+        );
+        let annotations = template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert_eq!(
+            annotations[DRAIN_HASH_ANNOTATION],
+            drain_hash(&DrainSpec::default())
+        );
+        assert_eq!(reasons(&conflicts), [RESERVED_ANNOTATION_OVERRIDDEN]);
+    }
+
+    #[test]
+    fn pod_labels_carry_the_selector_and_keep_the_users() {
+        let (template, conflicts) = render_pod(
+            "
+template:
+  metadata:
+    labels: {model: llama, app.kubernetes.io/component: gpu}
+  spec:
+    containers:
+    - name: engine
+",
+        );
+        let labels = template.metadata.unwrap().labels.unwrap();
+        assert_eq!(labels["model"], "llama");
+        assert_eq!(labels["quiesce.dev/inference-deployment"], "demo");
+        assert_eq!(labels["app.kubernetes.io/component"], "inference-engine");
+        assert_eq!(reasons(&conflicts), ["ReservedLabelOverridden"]);
+    }
+
+    #[test]
+    fn the_shared_volume_is_appended_to_the_users() {
+        let (template, _) = render_pod(
+            "
+template:
+  spec:
+    containers:
+    - name: engine
+    volumes:
+    - name: models
+      emptyDir: {}
+",
+        );
+        let volumes = pod_spec(&template).volumes.as_deref().unwrap();
+        assert_eq!(volumes.len(), 2);
+        assert_eq!(volumes[0].name, "models");
+        assert_eq!(volumes[1], shared_volume());
+        let empty_dir = volumes[1].empty_dir.as_ref().unwrap();
+        assert_eq!(empty_dir.medium.as_deref(), Some("Memory"));
+        assert_eq!(empty_dir.size_limit, Some(Quantity("64Mi".to_owned())));
+    }
+
+    #[test]
+    fn the_sidecar_comes_before_the_users_init_containers() {
+        let (template, _) = render_pod(
+            "
+template:
+  spec:
+    initContainers:
+    - name: fetch
+    - name: warm
+    containers:
+    - name: engine
+",
+        );
+        let names: Vec<&str> = pod_spec(&template)
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, [SIDECAR_CONTAINER_NAME, "fetch", "warm"]);
+    }
+
+    #[test]
+    fn fs_group_is_added_when_the_user_has_none() {
+        let (template, _) = render_pod(
+            "
+template:
+  spec:
+    securityContext:
+      runAsNonRoot: true
+      seccompProfile: {type: RuntimeDefault}
+    containers:
+    - name: engine
+",
+        );
+        let security = pod_spec(&template).security_context.clone().unwrap();
+        assert_eq!(security.fs_group, Some(SHARED_GROUP_ID));
+        assert_eq!(
+            security.fs_group_change_policy.as_deref(),
+            Some("OnRootMismatch")
+        );
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.seccomp_profile.unwrap().type_, "RuntimeDefault");
+
+        let (template, _) = render_pod(MINIMAL);
+        let security = pod_spec(&template).security_context.clone().unwrap();
+        assert_eq!(security.fs_group, Some(65532));
+    }
+
+    #[test]
+    fn a_users_fs_group_and_change_policy_are_kept() {
+        let (template, conflicts) = render_pod(
+            "
+template:
+  spec:
+    securityContext: {fsGroup: 1000}
+    containers:
+    - name: engine
+",
+        );
+        let security = pod_spec(&template).security_context.clone().unwrap();
+        assert_eq!(security.fs_group, Some(1000));
+        assert_eq!(security.fs_group_change_policy, None);
+        assert!(conflicts.is_empty());
+
+        let (template, _) = render_pod(
+            "
+template:
+  spec:
+    securityContext: {fsGroupChangePolicy: Always}
+    containers:
+    - name: engine
+",
+        );
+        let security = pod_spec(&template).security_context.clone().unwrap();
+        assert_eq!(security.fs_group, Some(SHARED_GROUP_ID));
+        assert_eq!(security.fs_group_change_policy.as_deref(), Some("Always"));
+    }
+
+    #[test]
+    fn a_minimal_template_renders_without_conflicts() {
+        let (_, conflicts) = render_pod(MINIMAL);
+        assert_eq!(conflicts, []);
+    }
+
+    #[test]
+    fn containers_named_like_the_sidecar_cannot_be_rendered() {
+        let in_containers = "
+template:
+  spec:
+    containers:
+    - name: engine
+    - name: quiesce-sidecar
+";
+        let in_init_containers = "
+template:
+  spec:
+    initContainers:
+    - name: quiesce-sidecar
+    containers:
+    - name: engine
+";
+        for (yaml, field) in [
+            (in_containers, "spec.template.spec.containers[1].name"),
+            (
+                in_init_containers,
+                "spec.template.spec.initContainers[0].name",
+            ),
+        ] {
+            let error = try_render_pod(yaml).unwrap_err();
+            assert!(matches!(error, RenderError::Unrenderable(_)), "{error}");
+            assert_eq!(error_fields(&error), [field]);
+            assert!(
+                error.to_string().contains("rename your container"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_volume_named_like_the_shared_volume_cannot_be_rendered() {
+        let error = try_render_pod(
+            "
+template:
+  spec:
+    containers:
+    - name: engine
+    volumes:
+    - name: data
+    - name: quiesce
+",
+        )
+        .unwrap_err();
+        assert_eq!(error_fields(&error), ["spec.template.spec.volumes[1].name"]);
+    }
+
+    #[test]
+    fn an_engine_mount_at_the_shared_path_cannot_be_rendered() {
+        for path in ["/run/quiesce", "/run/quiesce/"] {
+            let error = try_render_pod(&format!(
+                "
+template:
+  spec:
+    containers:
+    - name: engine
+      volumeMounts:
+      - {{name: run, mountPath: {path}}}
+"
+            ))
+            .unwrap_err();
+            assert_eq!(
+                error_fields(&error),
+                ["spec.template.spec.containers[0].volumeMounts[0].mountPath"]
+            );
+        }
+        // Another container's filesystem is its own business.
+        let (_, conflicts) = render_pod(
+            "
+template:
+  spec:
+    containers:
+    - name: engine
+    - name: proxy
+      volumeMounts:
+      - {name: run, mountPath: /run/quiesce}
+",
+        );
+        assert!(conflicts.is_empty());
+    }
+
+    #[test]
+    fn a_port_the_sidecar_needs_cannot_be_rendered() {
+        let error = try_render_pod(
+            "
+template:
+  spec:
+    containers:
+    - name: engine
+    - name: exporter
+      ports:
+      - containerPort: 8080
+      - containerPort: 9090
+",
+        )
+        .unwrap_err();
+        assert_eq!(
+            error_fields(&error),
+            ["spec.template.spec.containers[1].ports[1].containerPort"]
+        );
+        let error = try_render_pod(&format!("{MINIMAL}engine: {{port: 9090}}\n")).unwrap_err();
+        assert_eq!(error_fields(&error), ["spec.sidecar.port"]);
+        // Moving the sidecar away fixes it.
+        let fixed = format!("{MINIMAL}engine: {{port: 9090}}\nsidecar: {{port: 9191}}\n");
+        assert!(try_render_pod(&fixed).is_ok());
+    }
+
+    #[test]
+    fn every_clash_is_reported_at_once() {
+        let error = try_render_pod(
+            "
+template:
+  spec:
+    containers:
+    - name: engine
+      ports: [{containerPort: 9090}]
+    - name: quiesce-sidecar
+    volumes:
+    - name: quiesce
+",
+        )
+        .unwrap_err();
+        assert_eq!(error.violations().len(), 3, "{error}");
+    }
+
+    #[test]
+    fn a_template_without_the_engine_is_invalid() {
+        let error =
+            try_render_pod("template:\n  spec:\n    containers:\n    - name: other\n").unwrap_err();
+        assert!(matches!(error, RenderError::Invalid(_)));
+        let error = try_render_pod("template: {}\n").unwrap_err();
+        assert!(matches!(error, RenderError::Invalid(_)));
+    }
+}
