@@ -1,0 +1,200 @@
+//! `quiesce-sidecar`: `serve` runs the sidecar, `drain` is the preStop hook.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use quiesce_protocol::{DEFAULT_HEARTBEAT_INTERVAL, DrainRequest};
+use quiesce_sidecar::{coordinator, drain_client, http, install, socket};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Drains an inference engine before Kubernetes stops it"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar: the socket for the engine and the preStop hook, and
+    /// the HTTP endpoints /live, /ready, /metrics and /status.
+    Serve(ServeArgs),
+    /// Drain the engine and wait until it is done (the engine's preStop hook).
+    Drain(DrainArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Unix socket to listen on, in a volume shared with the engine.
+    #[arg(long, env = "QUIESCE_SOCKET")]
+    socket: PathBuf,
+    /// Address of the HTTP endpoints.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    listen: SocketAddr,
+    /// Copy this executable into DIR, for the engine's preStop hook.
+    #[arg(long, value_name = "DIR")]
+    install_dir: Option<PathBuf>,
+    /// How the sidecar follows the engine.
+    #[arg(long, value_enum, default_value_t = Adapter::Protocol)]
+    adapter: Adapter,
+    /// How often the engine must report, in milliseconds.
+    #[arg(long, default_value_t = DEFAULT_HEARTBEAT_INTERVAL.as_millis() as u64, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    heartbeat_interval_ms: u64,
+    /// On SIGTERM, how long to wait at most for a drain still in progress.
+    #[arg(long, default_value = "3600", value_parser = parse_seconds)]
+    max_exit_wait_seconds: Duration,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Adapter {
+    /// The engine speaks the quiesce protocol on the socket.
+    Protocol,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct DrainArgs {
+    /// The sidecar's Unix socket.
+    #[arg(long, env = "QUIESCE_SOCKET")]
+    socket: PathBuf,
+    /// Seconds the engine keeps admitting requests while load balancers catch up.
+    #[arg(long, value_parser = parse_seconds)]
+    propagation_seconds: Duration,
+    /// Seconds in-flight requests get to finish, after the propagation delay.
+    #[arg(long, value_parser = parse_seconds)]
+    timeout_seconds: Duration,
+    /// Seconds aborted requests get to receive their abort responses.
+    #[arg(long, value_parser = parse_seconds)]
+    abort_grace_seconds: Duration,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("{text:?} must be a non-negative number of seconds"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match cli.command {
+        Command::Drain(args) => {
+            let request = DrainRequest {
+                propagation: args.propagation_seconds,
+                timeout: args.timeout_seconds,
+                abort_grace: args.abort_grace_seconds,
+            };
+            runtime.block_on(drain_client::run(args.socket, request));
+            ExitCode::SUCCESS
+        }
+        Command::Serve(args) => {
+            init_logging(args.log_format);
+            match runtime.block_on(serve(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let Adapter::Protocol = args.adapter;
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+
+    if let Some(dir) = &args.install_dir {
+        let path = install::install_self(dir)
+            .with_context(|| format!("installing the drain client into {}", dir.display()))?;
+        tracing::info!(path = %path.display(), "drain client installed");
+    }
+    let listener = socket::bind(&args.socket)?;
+    let http_listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+
+    let listen = http_listener
+        .local_addr()
+        .context("reading the HTTP address")?;
+    let coordinator =
+        coordinator::Coordinator::new(Duration::from_millis(args.heartbeat_interval_ms));
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(socket::serve(
+        listener,
+        coordinator.clone(),
+        cancel.clone(),
+        tasks.clone(),
+    ));
+    let observer = tokio::spawn(coordinator::observe(coordinator.clone()));
+    let http_cancel = cancel.clone();
+    let http_server = axum::serve(http_listener, http::router(coordinator.clone()))
+        .with_graceful_shutdown(async move { http_cancel.cancelled().await });
+    tasks.spawn(async move {
+        if let Err(e) = http_server.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    tracing::info!(socket = %args.socket.display(), %listen, "sidecar serving");
+
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+    tokio::select! {
+        () = coordinator.wait_before_exit(args.max_exit_wait_seconds) => {}
+        _ = terminate.recv() => tracing::warn!("second signal: exiting at once"),
+        _ = interrupt.recv() => tracing::warn!("second signal: exiting at once"),
+    }
+    cancel.cancel();
+    observer.abort();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(2), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close in time");
+    }
+    if let Err(e) = std::fs::remove_file(&args.socket) {
+        tracing::warn!(error = %e, "could not remove the socket file");
+    }
+    tracing::info!("sidecar stopped");
+    Ok(())
+}
