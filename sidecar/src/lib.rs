@@ -5,6 +5,7 @@
 //! - [`engine`]: the sidecar's view of the engine, whatever adapter feeds it;
 //! - [`coordinator`]: readiness, liveness and the drain;
 //! - [`socket`]: the socket, the native protocol adapter and the drain client's server side;
+//! - [`poller`]: the adapter for stock engines, observed over HTTP;
 //! - [`http`]: the read-only HTTP endpoints;
 //! - [`drain_client`]: `quiesce-sidecar drain`, the preStop hook;
 //! - [`install`]: the copy of this binary into the shared volume.
@@ -15,4 +16,5 @@ pub mod engine;
 pub mod http;
 pub mod install;
 pub mod metrics;
+pub mod poller;
 pub mod socket;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use quiesce_protocol::{DEFAULT_HEARTBEAT_INTERVAL, DrainRequest};
-use quiesce_sidecar::{coordinator, drain_client, http, install, socket};
+use quiesce_sidecar::{coordinator, drain_client, http, install, poller, socket};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,6 +46,16 @@ struct ServeArgs {
     /// How the sidecar follows the engine.
     #[arg(long, value_enum, default_value_t = Adapter::Protocol)]
     adapter: Adapter,
+    /// The engine's HTTP address inside the pod, for the vllm, sglang and
+    /// http adapters.
+    #[arg(long, value_name = "http://IP:PORT", required_if_eq_any = [("adapter", "vllm"), ("adapter", "sglang"), ("adapter", "http")])]
+    engine_url: Option<String>,
+    /// The engine's health endpoint (vllm, sglang, http adapters).
+    #[arg(long, default_value = "/health")]
+    health_path: String,
+    /// The engine's Prometheus endpoint (vllm and sglang adapters).
+    #[arg(long, default_value = "/metrics")]
+    metrics_path: String,
     /// How often the engine must report, in milliseconds.
     #[arg(long, default_value_t = DEFAULT_HEARTBEAT_INTERVAL.as_millis() as u64, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     heartbeat_interval_ms: u64,
@@ -57,10 +67,27 @@ struct ServeArgs {
     log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Adapter {
     /// The engine speaks the quiesce protocol on the socket.
     Protocol,
+    /// A stock vLLM: health and vllm:num_requests_* metrics over HTTP.
+    Vllm,
+    /// A stock SGLang: health and sglang:num_*_reqs metrics over HTTP.
+    Sglang,
+    /// Any HTTP server: health only.
+    Http,
+}
+
+impl Adapter {
+    fn stock(self) -> Option<poller::StockEngine> {
+        match self {
+            Self::Protocol => None,
+            Self::Vllm => Some(poller::StockEngine::Vllm),
+            Self::Sglang => Some(poller::StockEngine::Sglang),
+            Self::Http => Some(poller::StockEngine::Http),
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -136,7 +163,16 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let Adapter::Protocol = args.adapter;
+    let poll_target = match (args.adapter.stock(), &args.engine_url) {
+        (Some(engine), Some(url)) => Some(poller::PollTarget {
+            engine,
+            addr: poller::parse_engine_url(url).map_err(anyhow::Error::msg)?,
+            health_path: args.health_path.clone(),
+            metrics_path: (engine != poller::StockEngine::Http).then(|| args.metrics_path.clone()),
+            interval: Duration::from_millis(args.heartbeat_interval_ms),
+        }),
+        _ => None,
+    };
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
 
@@ -160,9 +196,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tasks.spawn(socket::serve(
         listener,
         coordinator.clone(),
+        poll_target.is_none(),
         cancel.clone(),
         tasks.clone(),
     ));
+    let poller = poll_target.map(|target| {
+        let coordinator = coordinator.clone();
+        tokio::spawn(async move { poller::run(target, &coordinator.engine).await })
+    });
     let observer = tokio::spawn(coordinator::observe(coordinator.clone()));
     let http_cancel = cancel.clone();
     let http_server = axum::serve(http_listener, http::router(coordinator.clone()))
@@ -185,6 +226,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     cancel.cancel();
     observer.abort();
+    if let Some(poller) = poller {
+        poller.abort();
+    }
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(2), tasks.wait())
         .await

@@ -77,9 +77,12 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
 
 /// Accepts connections until `cancel` fires. Each connection is served by its
 /// own task, tracked by `tasks`, so one bad client never affects another.
+/// With `engines` false (a stock engine observed over HTTP), engine
+/// connections are refused; drain clients are always served.
 pub async fn serve(
     listener: UnixListener,
     coordinator: Arc<Coordinator>,
+    engines: bool,
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -98,7 +101,7 @@ pub async fn serve(
         let coordinator = Arc::clone(&coordinator);
         let cancel = cancel.clone();
         tasks.spawn(async move {
-            if let Err(error) = serve_connection(stream, &coordinator, &cancel).await {
+            if let Err(error) = serve_connection(stream, &coordinator, engines, &cancel).await {
                 tracing::warn!(%error, "socket connection closed with an error");
             }
         });
@@ -150,6 +153,7 @@ impl Connection {
 async fn serve_connection(
     stream: UnixStream,
     coordinator: &Arc<Coordinator>,
+    engines: bool,
     cancel: &CancellationToken,
 ) -> Result<(), ConnectionError> {
     let (read, writer) = stream.into_split();
@@ -190,6 +194,14 @@ async fn serve_connection(
         sidecar_version: env!("CARGO_PKG_VERSION").to_owned(),
     });
     match hello.role {
+        Role::Engine if !engines => {
+            let error = ProtocolError::new(
+                ErrorCode::UnexpectedMessage,
+                "this sidecar follows the engine over HTTP (a stock-engine adapter); \
+                 set spec.engine.adapter to protocol for an engine that speaks the protocol",
+            );
+            Err(conn.refuse(error).await)
+        }
         Role::Engine => serve_engine(conn, coordinator, &hello, welcome, cancel).await,
         Role::Drain => serve_drain_client(conn, coordinator, welcome).await,
     }

@@ -568,3 +568,33 @@ async fn a_sigterm_without_any_drain_is_reported_loudly() {
     assert!(logs.contains("no drain was ever requested"), "{logs}");
     assert!(logs.contains("FailedPreStopHook"), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_engine_sidecar_refuses_protocol_engines_clearly() {
+    // Nothing listens on port 1: the stock engine is not up yet.
+    let sidecar = Sidecar::start(&["--adapter", "vllm", "--engine-url", "http://127.0.0.1:1"]);
+    let (mut engine, answer) = ScriptedEngine::connect_with(&sidecar.socket, vec![1]).await;
+    let ServerMessage::Error(error) = answer else {
+        panic!("{answer:?}")
+    };
+    assert!(error.message.contains("over HTTP"), "{}", error.message);
+    assert!(engine.is_closed().await);
+    assert_eq!(sidecar.get("/ready"), (503, "no engine connected\n".into()));
+    assert_eq!(
+        sidecar.get("/live").0,
+        200,
+        "a stock engine that is still loading is live"
+    );
+}
+
+#[test]
+fn a_stock_adapter_needs_the_engine_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(common::BIN)
+        .args(["serve", "--adapter", "sglang", "--socket"])
+        .arg(dir.path().join("s.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--engine-url"));
+}
