@@ -1,8 +1,12 @@
 //! quiesce operator: the `InferenceDeployment` API and its reconciliation
 //! into drain-aware Deployments.
 
+pub mod admin;
 pub mod api;
+pub mod controller;
 pub mod crd;
+pub mod leader;
+pub mod metrics;
 pub mod render;
 pub mod rules;
 mod schema;

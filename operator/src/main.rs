@@ -1,5 +1,7 @@
 //! `quiesce-operator`: the operator binary and its offline tools.
 
+mod run;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -18,6 +20,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller: reconcile InferenceDeployments in the cluster of
+    /// the in-cluster ServiceAccount or the current kubeconfig.
+    Run(run::RunArgs),
     /// Print the InferenceDeployment CustomResourceDefinition as YAML.
     Crd,
     /// Check an InferenceDeployment file offline, as the API server would,
@@ -42,6 +47,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run::run(args).map(|()| ExitCode::SUCCESS),
         Command::Crd => {
             print!("{}", crd::to_yaml());
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,543 @@
+//! The controller: reconciles each InferenceDeployment into its Deployment,
+//! Service and PodDisruptionBudget, and reports what it finds in the status.
+//!
+//! A reconcile is a thin layer of API calls around pure functions:
+//!
+//! 1. fetch: the Deployment, Service and PodDisruptionBudget named after the
+//!    resource (three GETs);
+//! 2. validate and build: [`render::render`] (invalid or unrenderable: the
+//!    status says why, nothing is applied);
+//! 3. plan: [`plan::plan`] compares the rendered objects with the fetched
+//!    ones and decides, per object, to apply, keep or delete;
+//! 4. apply: server-side apply with one field manager,
+//!    [`FIELD_MANAGER`], forcing ownership of the fields quiesce sets;
+//! 5. status: [`status::desired_status`], written (server-side apply on the
+//!    status subresource) only when it differs from the stored one.
+//!
+//! A reconcile that finds everything in place writes nothing: no apply, no
+//! status, no event. Deletion needs no code: every object has a controller
+//! owner reference, and the garbage collector deletes them with the
+//! resource.
+
+pub mod backoff;
+mod error;
+pub mod events;
+pub mod plan;
+pub mod status;
+
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod tests;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{debug, info, warn};
+
+pub use self::error::{Error, describe};
+use self::plan::{Existing, Plan, Step};
+use self::status::{DEGRADED, Observed, Problem, desired_status, find_condition};
+use crate::api::{InferenceDeployment, InferenceDeploymentStatus};
+use crate::metrics::{FailureReason, Metrics, ReconcileResult};
+use crate::render::labels::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::render::{self, Conflict, RenderConfig};
+
+/// The one field manager of every write, objects and status alike.
+pub const FIELD_MANAGER: &str = "quiesce-operator";
+
+/// A resource that reconciled is looked at again after this long even if
+/// nothing changed, to repair what watches may have missed.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+
+/// How long a shutdown waits for the reconciles in flight; below the
+/// kubelet's default 30 s grace period, leaving time to release the Lease.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Several reconciles of one resource within this window become one: a
+/// rollout updates the Deployment's status many times a second.
+pub const DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// What the reconciles share.
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    render_config: RenderConfig,
+    metrics: Metrics,
+    backoff: backoff::FailureBackoff,
+}
+
+impl Context {
+    /// A context that talks to the API server through `client` and records
+    /// events as `reporter`.
+    pub fn new(
+        client: Client,
+        reporter: Reporter,
+        render_config: RenderConfig,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            render_config,
+            metrics,
+            backoff: backoff::FailureBackoff::default(),
+        }
+    }
+
+    /// The metrics the reconciles update.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Failures in a row of `resource`, which set its retry delay.
+    pub fn failures(&self, resource: &InferenceDeployment) -> u32 {
+        self.backoff.failures(&ObjectRef::from_obj(resource))
+    }
+}
+
+/// How a successful reconcile ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Something was written.
+    Applied,
+    /// Everything was in place.
+    Unchanged,
+    /// The spec cannot be applied; the status says why.
+    Rejected(FailureReason),
+    /// The resource is being deleted.
+    Deleting,
+}
+
+/// Reconciles one InferenceDeployment. Counts the result, times it, and
+/// resets the object's backoff when it succeeds.
+pub async fn reconcile(
+    resource: Arc<InferenceDeployment>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let _timer = ctx.metrics.start_reconcile();
+    match reconcile_resource(&resource, &ctx).await {
+        Ok(outcome) => {
+            ctx.backoff.succeeded(&ObjectRef::from_obj(&*resource));
+            let (result, action) = match outcome {
+                Outcome::Applied => (ReconcileResult::applied, Action::requeue(RESYNC_INTERVAL)),
+                Outcome::Unchanged => {
+                    (ReconcileResult::unchanged, Action::requeue(RESYNC_INTERVAL))
+                }
+                // Only a new spec can help.
+                Outcome::Rejected(reason) => {
+                    ctx.metrics.failed(reason);
+                    (ReconcileResult::rejected, Action::await_change())
+                }
+                Outcome::Deleting => (ReconcileResult::deleting, Action::await_change()),
+            };
+            ctx.metrics.reconciled(result);
+            Ok(action)
+        }
+        Err(error) => {
+            ctx.metrics.reconciled(ReconcileResult::error);
+            ctx.metrics.failed(error.reason());
+            Err(error)
+        }
+    }
+}
+
+/// Retries a failed reconcile after an exponential, per-object delay (see
+/// [`backoff`]).
+pub fn error_policy(
+    resource: Arc<InferenceDeployment>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let delay = ctx.backoff.failed(&ObjectRef::from_obj(&*resource));
+    warn!(
+        namespace = resource.namespace().unwrap_or_default(),
+        name = resource.name_any(),
+        reason = ?error.reason(),
+        retry_in_seconds = delay.as_secs(),
+        "reconcile failed: {error}"
+    );
+    Action::requeue(delay)
+}
+
+/// Runs the controller until `shutdown` completes, then lets the reconciles
+/// in flight finish, for at most [`SHUTDOWN_TIMEOUT`]. Watches
+/// InferenceDeployments in `namespace`, or in every namespace, and the
+/// Deployments, Services and PodDisruptionBudgets labelled as quiesce's.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        match namespace {
+            Some(namespace) => Api::namespaced(client.clone(), namespace),
+            None => Api::all(client.clone()),
+        }
+    }
+    let client = &ctx.client;
+    // Only our objects: a cluster-wide watch of every Deployment would cache
+    // all of them.
+    let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let controller = Controller::new(
+        api::<InferenceDeployment>(client, namespace),
+        watcher::Config::default(),
+    )
+    .owns(api::<Deployment>(client, namespace), ours.clone())
+    .owns(api::<Service>(client, namespace), ours.clone())
+    .owns(api::<PodDisruptionBudget>(client, namespace), ours)
+    .with_config(controller::Config::default().debounce(DEBOUNCE));
+    let store = controller.store();
+    let stopping = shutdown.shared();
+    let running = controller
+        .graceful_shutdown_on(stopping.clone())
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(object = %object, "reconciled"),
+                // Logged by error_policy.
+                Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(error) => warn!("controller: {error}"),
+            }
+        });
+    let overdue = async move {
+        stopping.await;
+        // Until the first list of InferenceDeployments completes no reconcile
+        // runs, and kube's controller would wait for that list forever once
+        // its watches are stopped: nothing to finish, stop now.
+        if !matches!(store.wait_until_ready().now_or_never(), Some(Ok(()))) {
+            return;
+        }
+        tokio::time::sleep(SHUTDOWN_TIMEOUT).await;
+        warn!(
+            "reconciles still running {}s after the shutdown began: abandoning them",
+            SHUTDOWN_TIMEOUT.as_secs()
+        );
+    };
+    tokio::select! {
+        () = running => {}
+        () = overdue => {}
+    }
+}
+
+async fn reconcile_resource(
+    resource: &InferenceDeployment,
+    ctx: &Context,
+) -> Result<Outcome, Error> {
+    if resource.metadata.deletion_timestamp.is_some() {
+        // The garbage collector deletes the owned objects; applying them now
+        // would fight it.
+        return Ok(Outcome::Deleting);
+    }
+    let name = resource
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(Error::Incomplete("metadata.name"))?;
+    let namespace = resource
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(Error::Incomplete("metadata.namespace"))?;
+    let objects = Objects::new(&ctx.client, namespace, name);
+    let existing = objects.fetch().await?;
+
+    let rendered = match render::render(resource, &ctx.render_config) {
+        Ok(rendered) => rendered,
+        Err(error) => {
+            info!(namespace, name, "not applied: {error}");
+            let problem = Problem::rejected(&error);
+            let report = Report {
+                resource,
+                deployment: existing.deployment.as_ref(),
+                problem: Some(&problem),
+                conflicts: &[],
+            };
+            report.write(ctx, &objects).await?;
+            let reason = match error {
+                render::RenderError::Invalid(_) => FailureReason::invalid_spec,
+                render::RenderError::Unrenderable(_) => FailureReason::unrenderable,
+            };
+            return Ok(Outcome::Rejected(reason));
+        }
+    };
+    let conflicts = rendered.conflicts.clone();
+    let plan = match plan::plan(rendered, resource.metadata.uid.as_deref(), &existing) {
+        Ok(plan) => plan,
+        Err(not_owned) => {
+            let problem = Problem::NotOwned(not_owned.to_string());
+            let report = Report {
+                resource,
+                deployment: existing.deployment.as_ref(),
+                problem: Some(&problem),
+                conflicts: &conflicts,
+            };
+            report.write_best_effort(ctx, &objects).await;
+            return Err(not_owned.into());
+        }
+    };
+
+    let wrote_objects = plan.writes();
+    let mut deployment = existing.deployment;
+    if let Err(error) = execute(plan, resource, ctx, &objects, &mut deployment).await {
+        let problem = Problem::ApplyFailed(error.to_string());
+        let report = Report {
+            resource,
+            deployment: deployment.as_ref(),
+            problem: Some(&problem),
+            conflicts: &conflicts,
+        };
+        report.write_best_effort(ctx, &objects).await;
+        return Err(error);
+    }
+    let report = Report {
+        resource,
+        deployment: deployment.as_ref(),
+        problem: None,
+        conflicts: &conflicts,
+    };
+    let wrote_status = report.write(ctx, &objects).await?;
+    Ok(if wrote_objects || wrote_status {
+        Outcome::Applied
+    } else {
+        Outcome::Unchanged
+    })
+}
+
+/// Carries out `plan`: Deployment first, so the pods change as early as
+/// possible, then Service and PodDisruptionBudget. `deployment` follows
+/// what the API server returned.
+async fn execute(
+    plan: Plan,
+    resource: &InferenceDeployment,
+    ctx: &Context,
+    objects: &Objects,
+    deployment: &mut Option<Deployment>,
+) -> Result<(), Error> {
+    if let Step::Apply(desired) = plan.deployment {
+        *deployment = Some(objects.apply(&objects.deployments, &desired).await?);
+        info!(
+            namespace = objects.namespace,
+            name = objects.name,
+            "applied the Deployment"
+        );
+        if let Some(change) = &plan.drain_change {
+            publish(ctx, resource, events::drain_settings_changed(change)).await;
+        }
+    }
+    objects.carry_out(&objects.services, plan.service).await?;
+    objects
+        .carry_out(&objects.budgets, plan.pod_disruption_budget)
+        .await?;
+    Ok(())
+}
+
+/// The status of one reconcile, to be written if it changed.
+struct Report<'a> {
+    resource: &'a InferenceDeployment,
+    deployment: Option<&'a Deployment>,
+    problem: Option<&'a Problem>,
+    conflicts: &'a [Conflict],
+}
+
+impl Report<'_> {
+    /// Writes the status when it differs from the stored one, and records a
+    /// Warning event when the Degraded condition changed. Returns whether it
+    /// wrote.
+    async fn write(&self, ctx: &Context, objects: &Objects) -> Result<bool, Error> {
+        let now = Time(Timestamp::now());
+        let status = desired_status(
+            Observed {
+                resource: self.resource,
+                deployment: self.deployment,
+                problem: self.problem,
+                conflicts: self.conflicts,
+            },
+            &now,
+        );
+        let previous = self.resource.status.as_ref();
+        if previous == Some(&status) {
+            return Ok(false);
+        }
+        objects.patch_status(&status).await?;
+        let event = events::degraded_changed(
+            find_condition(previous, DEGRADED),
+            find_condition(Some(&status), DEGRADED),
+        );
+        if let Some(event) = event {
+            publish(ctx, self.resource, event).await;
+        }
+        Ok(true)
+    }
+
+    /// Writes the status of a failed reconcile; the reconcile's own error
+    /// matters more than this one's, so this one is only logged.
+    async fn write_best_effort(&self, ctx: &Context, objects: &Objects) {
+        if let Err(error) = self.write(ctx, objects).await {
+            warn!(
+                namespace = objects.namespace,
+                name = objects.name,
+                "{error}"
+            );
+        }
+    }
+}
+
+/// Events are for people; a reconcile does not fail because one could not
+/// be recorded.
+async fn publish(ctx: &Context, resource: &InferenceDeployment, event: Event) {
+    let reference = resource.object_ref(&());
+    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+        warn!(
+            namespace = reference.namespace,
+            name = reference.name,
+            reason = event.reason,
+            "cannot record an event: {}",
+            describe(&error)
+        );
+    }
+}
+
+/// The API of each kind, in the resource's namespace.
+struct Objects {
+    namespace: String,
+    name: String,
+    resources: Api<InferenceDeployment>,
+    deployments: Api<Deployment>,
+    services: Api<Service>,
+    budgets: Api<PodDisruptionBudget>,
+}
+
+impl Objects {
+    fn new(client: &Client, namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            resources: Api::namespaced(client.clone(), namespace),
+            deployments: Api::namespaced(client.clone(), namespace),
+            services: Api::namespaced(client.clone(), namespace),
+            budgets: Api::namespaced(client.clone(), namespace),
+        }
+    }
+
+    async fn fetch(&self) -> Result<Existing, Error> {
+        Ok(Existing {
+            deployment: self.get(&self.deployments).await?,
+            service: self.get(&self.services).await?,
+            pod_disruption_budget: self.get(&self.budgets).await?,
+        })
+    }
+
+    async fn get<K>(&self, api: &Api<K>) -> Result<Option<K>, Error>
+    where
+        K: k8s_openapi::Resource + Clone + DeserializeOwned + Debug,
+    {
+        api.get_opt(&self.name).await.map_err(|source| Error::Read {
+            kind: K::KIND,
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            source,
+        })
+    }
+
+    async fn apply<K>(&self, api: &Api<K>, object: &K) -> Result<K, Error>
+    where
+        K: k8s_openapi::Resource + Clone + DeserializeOwned + Serialize + Debug,
+    {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch(&self.name, &params, &Patch::Apply(object))
+            .await
+            .map_err(|source| Error::Apply {
+                kind: K::KIND,
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+                source,
+            })
+    }
+
+    async fn carry_out<K>(&self, api: &Api<K>, step: Step<K>) -> Result<(), Error>
+    where
+        K: k8s_openapi::Resource + Clone + DeserializeOwned + Serialize + Debug,
+    {
+        match step {
+            Step::Keep => Ok(()),
+            Step::Apply(object) => {
+                self.apply(api, &object).await?;
+                info!(
+                    namespace = self.namespace,
+                    name = self.name,
+                    kind = K::KIND,
+                    "applied"
+                );
+                Ok(())
+            }
+            Step::Delete { uid } => {
+                // The uid precondition spares an object that replaced ours.
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid,
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match api.delete(&self.name, &params).await {
+                    Ok(_) => {
+                        info!(
+                            namespace = self.namespace,
+                            name = self.name,
+                            kind = K::KIND,
+                            "deleted: disabled in the spec"
+                        );
+                        Ok(())
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+                    Err(source) => Err(Error::Delete {
+                        kind: K::KIND,
+                        namespace: self.namespace.clone(),
+                        name: self.name.clone(),
+                        source,
+                    }),
+                }
+            }
+        }
+    }
+
+    async fn patch_status(&self, status: &InferenceDeploymentStatus) -> Result<(), Error> {
+        let patch = serde_json::json!({
+            "apiVersion": <InferenceDeployment as kube::Resource>::api_version(&()),
+            "kind": <InferenceDeployment as kube::Resource>::kind(&()),
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        self.resources
+            .patch_status(&self.name, &params, &Patch::Apply(&patch))
+            .await
+            .map(drop)
+            .map_err(|source| Error::Status {
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+                source,
+            })
+    }
+}

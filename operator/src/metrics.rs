@@ -1,0 +1,312 @@
+//! The operator's Prometheus metrics, served as OpenMetrics on `/metrics`.
+//!
+//! Every label is a closed enum: a reconcile's result, a failure's reason.
+//! Never an object's name or an error's text, which would grow the series
+//! without bound.
+
+use std::time::Instant;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// How a reconcile ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReconcileResult {
+    /// At least one object or the status was written.
+    applied,
+    /// Everything matched already: nothing was written.
+    unchanged,
+    /// The spec is invalid or cannot be rendered: the status says why,
+    /// nothing was applied.
+    rejected,
+    /// The resource is being deleted: nothing to do.
+    deleting,
+    /// The reconcile failed and is retried with a backoff.
+    error,
+}
+
+impl ReconcileResult {
+    /// Every value, so that each series exists from the start.
+    pub const ALL: [Self; 5] = [
+        Self::applied,
+        Self::unchanged,
+        Self::rejected,
+        Self::deleting,
+        Self::error,
+    ];
+}
+
+/// Why a reconcile failed: bounded, one value per kind of cause.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum FailureReason {
+    /// The spec breaks a rule of the API (only a resource that bypassed the
+    /// API server's validation can).
+    invalid_spec,
+    /// The spec is valid, but what quiesce injects cannot coexist with it.
+    unrenderable,
+    /// An object with the resource's name belongs to another controller.
+    not_owned,
+    /// The API server answered 409 Conflict.
+    api_conflict,
+    /// The API server refused the request as unauthorised (401, 403).
+    api_forbidden,
+    /// The API server or an admission webhook rejected the request
+    /// (another 4xx, such as 400, 404 or 422).
+    api_rejected,
+    /// The API server failed or throttled (5xx, 429).
+    api_server_error,
+    /// No answer from the API server (connection, TLS, timeout, bad body).
+    api_unreachable,
+}
+
+impl FailureReason {
+    /// Every value, so that each series exists from the start.
+    pub const ALL: [Self; 8] = [
+        Self::invalid_spec,
+        Self::unrenderable,
+        Self::not_owned,
+        Self::api_conflict,
+        Self::api_forbidden,
+        Self::api_rejected,
+        Self::api_server_error,
+        Self::api_unreachable,
+    ];
+
+    /// The reason of a failed API call.
+    pub fn of_api_error(error: &kube::Error) -> Self {
+        match error {
+            kube::Error::Api(status) => match status.code {
+                409 => Self::api_conflict,
+                401 | 403 => Self::api_forbidden,
+                429 => Self::api_server_error,
+                400..=499 => Self::api_rejected,
+                _ => Self::api_server_error,
+            },
+            _ => Self::api_unreachable,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: ReconcileResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: FailureReason,
+}
+
+/// A reconcile reads three objects and writes up to four, each a round trip
+/// to the API server: milliseconds when all is well, seconds when the API
+/// server is slow.
+const RECONCILE_DURATION_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The metrics the controller and the leader election update.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    reconciles: Family<ResultLabels, Counter>,
+    failures: Family<ReasonLabels, Counter>,
+    duration: Histogram,
+    leader: Gauge,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry` (whose prefix,
+    /// `quiesce_operator`, names them).
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            reconciles: Family::default(),
+            failures: Family::default(),
+            duration: Histogram::new(RECONCILE_DURATION_BUCKETS),
+            leader: Gauge::default(),
+        };
+        registry.register(
+            "reconciles",
+            "Reconciles of InferenceDeployments, by result",
+            metrics.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took, API calls included",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that failed or rejected the resource, by reason",
+            metrics.failures.clone(),
+        );
+        registry.register(
+            "leader",
+            "Whether this instance reconciles: it holds the Lease or runs without election",
+            metrics.leader.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        for result in ReconcileResult::ALL {
+            let _ = metrics.reconciles.get_or_create(&ResultLabels { result });
+        }
+        for reason in FailureReason::ALL {
+            let _ = metrics.failures.get_or_create(&ReasonLabels { reason });
+        }
+        metrics
+    }
+
+    /// A registry with the operator's prefix and these metrics in it.
+    pub fn new_registry() -> (Registry, Self) {
+        let mut registry = Registry::with_prefix("quiesce_operator");
+        let metrics = Self::register(&mut registry);
+        (registry, metrics)
+    }
+
+    /// Starts timing a reconcile; the duration is recorded when the guard
+    /// drops, whichever way the reconcile ends.
+    pub fn start_reconcile(&self) -> ReconcileTimer {
+        ReconcileTimer {
+            histogram: self.duration.clone(),
+            start: Instant::now(),
+        }
+    }
+
+    /// Counts a finished reconcile.
+    pub fn reconciled(&self, result: ReconcileResult) {
+        self.reconciles
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Counts a failure (or a rejected resource) by reason.
+    pub fn failed(&self, reason: FailureReason) {
+        self.failures.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Records whether this instance leads.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// How many reconciles ended with `result`.
+    pub fn reconciles(&self, result: ReconcileResult) -> u64 {
+        self.reconciles
+            .get_or_create(&ResultLabels { result })
+            .get()
+    }
+
+    /// How many failures had `reason`.
+    pub fn failures(&self, reason: FailureReason) -> u64 {
+        self.failures.get_or_create(&ReasonLabels { reason }).get()
+    }
+
+    /// Whether the leader gauge is set.
+    pub fn is_leader(&self) -> bool {
+        self.leader.get() == 1
+    }
+}
+
+/// Records the duration of a reconcile when dropped.
+#[must_use = "the duration is recorded when the timer drops"]
+pub struct ReconcileTimer {
+    histogram: Histogram,
+    start: Instant,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// The registry in the OpenMetrics text format.
+pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry)?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(code: u16) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure("nope", "Test")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn api_errors_map_to_bounded_reasons() {
+        assert_eq!(
+            FailureReason::of_api_error(&error(409)),
+            FailureReason::api_conflict
+        );
+        assert_eq!(
+            FailureReason::of_api_error(&error(403)),
+            FailureReason::api_forbidden
+        );
+        assert_eq!(
+            FailureReason::of_api_error(&error(422)),
+            FailureReason::api_rejected
+        );
+        assert_eq!(
+            FailureReason::of_api_error(&error(404)),
+            FailureReason::api_rejected
+        );
+        assert_eq!(
+            FailureReason::of_api_error(&error(429)),
+            FailureReason::api_server_error
+        );
+        assert_eq!(
+            FailureReason::of_api_error(&error(500)),
+            FailureReason::api_server_error
+        );
+        assert_eq!(
+            FailureReason::of_api_error(&error(503)),
+            FailureReason::api_server_error
+        );
+        let transport = kube::Error::LinesCodecMaxLineLengthExceeded;
+        assert_eq!(
+            FailureReason::of_api_error(&transport),
+            FailureReason::api_unreachable
+        );
+    }
+
+    #[test]
+    fn every_series_exists_before_the_first_reconcile() {
+        let (registry, metrics) = Metrics::new_registry();
+        metrics.reconciled(ReconcileResult::applied);
+        metrics.failed(FailureReason::api_conflict);
+        drop(metrics.start_reconcile());
+        let text = encode(&registry).unwrap();
+        assert!(
+            text.contains("# TYPE quiesce_operator_reconciles counter"),
+            "{text}"
+        );
+        assert!(text.contains("quiesce_operator_reconciles_total{result=\"applied\"} 1"));
+        assert!(text.contains("quiesce_operator_reconciles_total{result=\"unchanged\"} 0"));
+        assert!(
+            text.contains("quiesce_operator_reconcile_failures_total{reason=\"api_conflict\"} 1")
+        );
+        assert!(text.contains("quiesce_operator_reconcile_failures_total{reason=\"not_owned\"} 0"));
+        assert!(text.contains("quiesce_operator_reconcile_duration_seconds_count 1"));
+        assert!(text.lines().any(|line| line == "quiesce_operator_leader 0"));
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(text.contains(&format!(
+            "quiesce_operator_build_info{{version=\"{version}\"}} 1"
+        )));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
