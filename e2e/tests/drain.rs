@@ -208,3 +208,80 @@ async fn the_engine_reports_a_version_the_sidecar_refuses() {
     engine.signal(Signal::SIGTERM);
     assert_eq!(engine.wait(PROMPT).await.and_then(|s| s.code()), Some(0));
 }
+
+/// Starts a new sidecar on the pod's socket, as the kubelet restarts a
+/// crashed native sidecar.
+async fn restart_sidecar(pair: &mut Pair) {
+    pair.sidecar.signal(Signal::SIGKILL);
+    pair.sidecar.wait(PROMPT).await.expect("killed");
+    let mut sidecar = Process::spawn(
+        "sidecar",
+        Command::new(bins::sidecar())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--heartbeat-interval-ms",
+                "200",
+            ])
+            .arg("--socket")
+            .arg(&pair.socket),
+    )
+    .unwrap();
+    let line = sidecar
+        .wait_for_line("sidecar serving", PROMPT)
+        .await
+        .unwrap();
+    pair.sidecar_http = quiesce_e2e::pair::field_addr(&line, "listen=");
+    pair.sidecar = sidecar;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_reconnects_to_a_restarted_sidecar() {
+    let mut pair = Pair::start().await;
+    restart_sidecar(&mut pair).await;
+    assert!(
+        pair.sidecar.logs().contains("replacing a stale file"),
+        "{}",
+        pair.sidecar.logs()
+    );
+    // The engine finds the new sidecar within its reconnect back-off (5 s at most).
+    pair.wait_ready(200).await;
+    pair.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_sidecar_adopts_the_drain_in_progress() {
+    let mut pair = Pair::start().await;
+    let stream = pair.stream(300);
+    pair.wait_in_flight(1).await;
+    // SIGTERM straight to the engine (no preStop): it drains by itself.
+    pair.engine.signal(Signal::SIGTERM);
+    restart_sidecar(&mut pair).await;
+    let deadline = Instant::now() + PROMPT;
+    loop {
+        let status = quiesce_e2e::pair::status_json(pair.sidecar_http).await;
+        if status["phase"] == "draining" {
+            assert_eq!(status["ready"], false);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never saw the drain: {status}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pair.ready().await, Some(503));
+    assert_eq!(
+        stream.await.unwrap().outcome,
+        Classified::Completed { tokens: 300 }
+    );
+    let exit = pair
+        .engine
+        .wait(PROMPT)
+        .await
+        .expect("the engine exits after its drain");
+    assert_eq!(exit.code(), Some(0));
+    pair.sidecar.signal(Signal::SIGTERM);
+    assert_eq!(
+        pair.sidecar.wait(PROMPT).await.and_then(|s| s.code()),
+        Some(0)
+    );
+}

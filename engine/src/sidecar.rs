@@ -131,12 +131,21 @@ async fn run_session(
             Some((_, at)) => pending && now >= at + COALESCE,
         };
         if due {
+            // An abort can finish before this loop runs again: report that it
+            // happened, or the sidecar would take the drain for a clean one.
+            let skipped_abort = status.phase == Phase::Stopped
+                && shutdown.aborted().is_cancelled()
+                && last_sent.is_none_or(|(sent, _)| sent.phase != Phase::Aborting);
+            if skipped_abort {
+                let aborting = EngineStatus {
+                    phase: Phase::Aborting,
+                    ..status
+                };
+                write_frame(&mut write, &ClientMessage::Status(aborting)).await?;
+            }
             write_frame(&mut write, &ClientMessage::Status(status)).await?;
             last_sent = Some((status, now));
             pending = false;
-            if status.phase == Phase::Stopped {
-                tracing::debug!("reported stopped");
-            }
         }
         let flush_at = last_sent.map_or(now, |(_, at)| at + COALESCE);
         tokio::select! {
