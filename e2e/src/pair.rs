@@ -2,7 +2,7 @@
 //! processes: the smallest real pod, for drain tests and benchmarks.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -43,49 +43,98 @@ pub fn field_addr(line: &str, key: &str) -> SocketAddr {
         .unwrap()
 }
 
+/// Starts `quiesce-sidecar serve` on `socket` (heartbeat 200 ms) through
+/// `program` (the binary, or a wrapper such as `setpriv ... -- sidecar`);
+/// returns it once it serves, with its HTTP address.
+pub async fn spawn_sidecar(
+    mut program: Command,
+    socket: &Path,
+    extra: &[&str],
+) -> (Process, SocketAddr) {
+    let mut sidecar = Process::spawn(
+        "sidecar",
+        program
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--heartbeat-interval-ms",
+                "200",
+            ])
+            .arg("--socket")
+            .arg(socket)
+            .args(extra),
+    )
+    .unwrap();
+    let line = sidecar
+        .wait_for_line("sidecar serving", PROMPT)
+        .await
+        .unwrap();
+    (sidecar, field_addr(&line, "listen="))
+}
+
+/// Starts the simulated engine (listening on a free port, quick start-up)
+/// through `program` with `extra` arguments; returns it once it listens,
+/// with its HTTP address. `QUIESCE_SOCKET` is whatever `program` sets.
+pub async fn spawn_engine(mut program: Command, extra: &[&str]) -> (Process, SocketAddr) {
+    let mut engine = Process::spawn(
+        "engine",
+        program
+            .args(["--listen", "127.0.0.1:0", "--startup-seconds", "0.1"])
+            .args(["--token-interval-ms", &TOKEN_MS.to_string()])
+            .args(extra),
+    )
+    .unwrap();
+    let line = engine.wait_for_line("listening", PROMPT).await.unwrap();
+    (engine, field_addr(&line, "addr="))
+}
+
+/// Runs the preStop drain client against `socket`.
+pub fn drain_client(socket: &Path, propagation: f64, timeout: f64, grace: f64) -> Process {
+    Process::spawn(
+        "drain client",
+        Command::new(bins::sidecar())
+            .arg("drain")
+            .arg("--socket")
+            .arg(socket)
+            .args(["--propagation-seconds", &propagation.to_string()])
+            .args(["--timeout-seconds", &timeout.to_string()])
+            .args(["--abort-grace-seconds", &grace.to_string()]),
+    )
+    .unwrap()
+}
+
+/// Polls `GET path` on `addr` until it answers `status`; panics with
+/// `context()` after [`PROMPT`].
+pub async fn wait_for_status(
+    addr: SocketAddr,
+    path: &str,
+    status: u16,
+    context: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + PROMPT;
+    while get_status(addr, path, PROMPT).await != Some(status) {
+        assert!(
+            Instant::now() < deadline,
+            "{path} never answered {status}:\n{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 impl Pair {
     /// A sidecar, then an engine that follows it, ready for traffic.
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("quiesce.sock");
-        let mut sidecar = Process::spawn(
-            "sidecar",
-            Command::new(bins::sidecar())
-                .args([
-                    "serve",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--heartbeat-interval-ms",
-                    "200",
-                ])
-                .arg("--socket")
-                .arg(&socket),
-        )
-        .unwrap();
-        let line = sidecar
-            .wait_for_line("sidecar serving", PROMPT)
-            .await
-            .unwrap();
-        let sidecar_http = field_addr(&line, "listen=");
-        let mut engine = Process::spawn(
-            "engine",
-            Command::new(bins::engine())
-                .args([
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--startup-seconds",
-                    "0.1",
-                    "--workers",
-                    "1",
-                ])
-                .args(["--token-interval-ms", &TOKEN_MS.to_string()])
-                // Without the sidecar, SIGTERM would drain this long.
-                .args(["--shutdown-timeout", "30"])
-                .env("QUIESCE_SOCKET", &socket),
-        )
-        .unwrap();
-        let line = engine.wait_for_line("listening", PROMPT).await.unwrap();
-        let engine_http = field_addr(&line, "addr=");
+        let (sidecar, sidecar_http) =
+            spawn_sidecar(Command::new(bins::sidecar()), &socket, &[]).await;
+        let mut engine = Command::new(bins::engine());
+        engine.env("QUIESCE_SOCKET", &socket);
+        // Without the sidecar, SIGTERM would drain for --shutdown-timeout.
+        let args = ["--workers", "1", "--shutdown-timeout", "30"];
+        let (engine, engine_http) = spawn_engine(engine, &args).await;
         let pod = Self {
             sidecar,
             engine,
@@ -105,31 +154,13 @@ impl Pair {
 
     /// Polls `/ready` until it answers `status`.
     pub async fn wait_ready(&self, status: u16) {
-        let deadline = Instant::now() + PROMPT;
-        while self.ready().await != Some(status) {
-            assert!(
-                Instant::now() < deadline,
-                "/ready never answered {status}:\n{}\n{}",
-                self.sidecar.logs(),
-                self.engine.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let logs = || format!("{}\n{}", self.sidecar.logs(), self.engine.logs());
+        wait_for_status(self.sidecar_http, "/ready", status, logs).await;
     }
 
     /// Runs the preStop drain client.
     pub fn drain_client(&self, propagation: f64, timeout: f64, grace: f64) -> Process {
-        Process::spawn(
-            "drain client",
-            Command::new(bins::sidecar())
-                .arg("drain")
-                .arg("--socket")
-                .arg(&self.socket)
-                .args(["--propagation-seconds", &propagation.to_string()])
-                .args(["--timeout-seconds", &timeout.to_string()])
-                .args(["--abort-grace-seconds", &grace.to_string()]),
-        )
-        .unwrap()
+        drain_client(&self.socket, propagation, timeout, grace)
     }
 
     /// Streams a completion of `tokens` tokens from the engine, in the background.

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,8 @@ pub struct Process {
     child: Child,
     name: String,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Set once stderr reached its end: every line is in `lines`.
+    stderr_closed: Arc<AtomicBool>,
     /// Start time in clock ticks since boot: processes started earlier cannot
     /// be its descendants, even if a recycled pid puts them in its group.
     start_ticks: u64,
@@ -34,16 +37,20 @@ impl Process {
         let stderr = child.stderr.take().expect("stderr is piped");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
+        let stderr_closed = Arc::new(AtomicBool::new(false));
+        let closed = Arc::clone(&stderr_closed);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().expect("log lock").push(line);
             }
+            closed.store(true, Ordering::Release);
         });
         let start_ticks = proc_stat(child.id() as i32).map_or(0, |p| p.start_ticks);
         Ok(Self {
             child,
             name: name.into(),
             lines,
+            stderr_closed,
             start_ticks,
             exit: None,
         })
@@ -63,6 +70,16 @@ impl Process {
     pub fn signal(&mut self, signal: Signal) {
         if self.try_exit().is_none() {
             let _ = kill(Pid::from_raw(self.pid()), signal);
+        }
+    }
+
+    /// Sends SIGKILL to every process of its group, as the kubelet's SIGKILL
+    /// of a container kills every process in the container's cgroup. Only
+    /// while the leader runs or a member it started survives, so that a
+    /// recycled group id is never signalled.
+    pub fn kill_group(&mut self) {
+        if self.try_exit().is_none() || !self.survivors().is_empty() {
+            let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
         }
     }
 
@@ -106,12 +123,25 @@ impl Process {
         }
     }
 
-    /// Its exit status, if it has exited.
+    /// Its exit status, if it has exited. Once it has, its last stderr
+    /// lines are in [`Process::logs`] too.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
         if self.exit.is_none() {
             self.exit = self.child.try_wait().ok().flatten();
+            if self.exit.is_some() {
+                self.wait_for_stderr_end();
+            }
         }
         self.exit
+    }
+
+    /// Waits, briefly, for the stderr reader to reach the end of the pipe. A
+    /// child the process left behind may hold the pipe open: then give up.
+    fn wait_for_stderr_end(&self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.stderr_closed.load(Ordering::Acquire) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Waits for it to exit, at most `within`; `None` if it still runs.

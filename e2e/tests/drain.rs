@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use quiesce_e2e::bins;
 use quiesce_e2e::client::{Classified, Completion, complete};
-use quiesce_e2e::pair::{PROMPT, Pair};
-use quiesce_e2e::process::Process;
+use quiesce_e2e::pair::{PROMPT, Pair, spawn_engine, spawn_sidecar};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_ends_right_after_the_last_request() {
@@ -169,20 +168,9 @@ async fn the_engine_reports_a_version_the_sidecar_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("future.sock");
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-    let mut engine = Process::spawn(
-        "engine",
-        Command::new(bins::engine())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--startup-seconds",
-                "0",
-                "--workers",
-                "0",
-            ])
-            .env("QUIESCE_SOCKET", &socket),
-    )
-    .unwrap();
+    let mut program = Command::new(bins::engine());
+    program.env("QUIESCE_SOCKET", &socket);
+    let (mut engine, _) = spawn_engine(program, &["--workers", "0"]).await;
     let (stream, _) = tokio::time::timeout(PROMPT, listener.accept())
         .await
         .unwrap()
@@ -214,26 +202,9 @@ async fn the_engine_reports_a_version_the_sidecar_refuses() {
 async fn restart_sidecar(pair: &mut Pair) {
     pair.sidecar.signal(Signal::SIGKILL);
     pair.sidecar.wait(PROMPT).await.expect("killed");
-    let mut sidecar = Process::spawn(
-        "sidecar",
-        Command::new(bins::sidecar())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--heartbeat-interval-ms",
-                "200",
-            ])
-            .arg("--socket")
-            .arg(&pair.socket),
-    )
-    .unwrap();
-    let line = sidecar
-        .wait_for_line("sidecar serving", PROMPT)
-        .await
-        .unwrap();
-    pair.sidecar_http = quiesce_e2e::pair::field_addr(&line, "listen=");
+    let (sidecar, http) = spawn_sidecar(Command::new(bins::sidecar()), &pair.socket, &[]).await;
     pair.sidecar = sidecar;
+    pair.sidecar_http = http;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

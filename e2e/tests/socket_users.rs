@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use quiesce_e2e::bins;
 use quiesce_e2e::client::get_status;
+use quiesce_e2e::pair::{spawn_engine, spawn_sidecar};
 use quiesce_e2e::process::Process;
 
 const PROMPT: Duration = Duration::from_secs(10);
@@ -57,48 +58,14 @@ fn shared_volume() -> tempfile::TempDir {
 }
 
 async fn start_sidecar(volume: &Path) -> (Process, std::net::SocketAddr) {
-    let mut sidecar = Process::spawn(
-        "sidecar",
-        as_user(SIDECAR_USER, SIDECAR_USER, &[], &bins::sidecar())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--heartbeat-interval-ms",
-                "200",
-            ])
-            .arg("--socket")
-            .arg(volume.join("quiesce.sock")),
-    )
-    .unwrap();
-    let line = sidecar
-        .wait_for_line("sidecar serving", PROMPT)
-        .await
-        .unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("listen="))
-        .unwrap()
-        .parse()
-        .unwrap();
-    (sidecar, addr)
+    let program = as_user(SIDECAR_USER, SIDECAR_USER, &[], &bins::sidecar());
+    spawn_sidecar(program, &volume.join("quiesce.sock"), &[]).await
 }
 
-fn start_engine(volume: &Path, uid: u32, groups: &[u32]) -> Process {
-    Process::spawn(
-        "engine",
-        as_user(uid, uid, groups, &bins::engine())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--startup-seconds",
-                "0",
-                "--workers",
-                "0",
-            ])
-            .env("QUIESCE_SOCKET", volume.join("quiesce.sock")),
-    )
-    .unwrap()
+async fn start_engine(volume: &Path, uid: u32, groups: &[u32]) -> Process {
+    let mut program = as_user(uid, uid, groups, &bins::engine());
+    program.env("QUIESCE_SOCKET", volume.join("quiesce.sock"));
+    spawn_engine(program, &["--workers", "0"]).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +82,7 @@ async fn the_engine_reaches_the_socket_through_the_shared_group_only() {
     assert_eq!(socket.gid(), FS_GROUP, "the socket inherits the fsGroup");
 
     // A user outside the group is refused by the kernel, and says so.
-    let mut outsider = start_engine(volume.path(), 1001, &[]);
+    let mut outsider = start_engine(volume.path(), 1001, &[]).await;
     let line = outsider
         .wait_for_line("cannot reach the sidecar", PROMPT)
         .await
@@ -126,7 +93,7 @@ async fn the_engine_reaches_the_socket_through_the_shared_group_only() {
     outsider.wait(PROMPT).await.expect("exits");
 
     // The engine's user, with the fsGroup as a supplementary group, connects.
-    let mut engine = start_engine(volume.path(), 1000, &[FS_GROUP]);
+    let mut engine = start_engine(volume.path(), 1000, &[FS_GROUP]).await;
     let deadline = Instant::now() + PROMPT;
     while get_status(http, "/ready", PROMPT).await != Some(200) {
         assert!(

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use quiesce_e2e::bins;
-use quiesce_e2e::client::{Classified, Completion, complete, get_status};
-use quiesce_e2e::pair::{PROMPT, field_addr, status_json};
+use quiesce_e2e::client::{Classified, Completion, complete};
+use quiesce_e2e::pair::{
+    PROMPT, drain_client, spawn_engine, spawn_sidecar, status_json, wait_for_status,
+};
 use quiesce_e2e::process::Process;
 
 struct StockPod {
@@ -26,57 +28,15 @@ impl StockPod {
     /// operator sets to the abort grace for vLLM.
     async fn start(shutdown_timeout: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut engine = Process::spawn(
-            "engine",
-            Command::new(bins::engine())
-                .args([
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--startup-seconds",
-                    "0.3",
-                    "--workers",
-                    "1",
-                ])
-                .args([
-                    "--token-interval-ms",
-                    "10",
-                    "--shutdown-timeout",
-                    shutdown_timeout,
-                ])
-                .env_remove("QUIESCE_SOCKET"),
-        )
-        .unwrap();
-        let engine_http = field_addr(
-            &engine.wait_for_line("listening", PROMPT).await.unwrap(),
-            "addr=",
-        );
-        let mut sidecar = Process::spawn(
-            "sidecar",
-            Command::new(bins::sidecar())
-                .args([
-                    "serve",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--heartbeat-interval-ms",
-                    "100",
-                ])
-                .arg("--socket")
-                .arg(dir.path().join("quiesce.sock"))
-                .args([
-                    "--adapter",
-                    "vllm",
-                    "--engine-url",
-                    &format!("http://{engine_http}"),
-                ]),
-        )
-        .unwrap();
-        let sidecar_http = field_addr(
-            &sidecar
-                .wait_for_line("sidecar serving", PROMPT)
-                .await
-                .unwrap(),
-            "listen=",
-        );
+        let mut engine = Command::new(bins::engine());
+        engine.env_remove("QUIESCE_SOCKET");
+        let args = ["--workers", "1", "--shutdown-timeout", shutdown_timeout];
+        let (engine, engine_http) = spawn_engine(engine, &args).await;
+        let url = format!("http://{engine_http}");
+        let socket = dir.path().join("quiesce.sock");
+        let stock = ["--adapter", "vllm", "--engine-url", &url];
+        let (sidecar, sidecar_http) =
+            spawn_sidecar(Command::new(bins::sidecar()), &socket, &stock).await;
         let pod = Self {
             sidecar,
             engine,
@@ -89,33 +49,16 @@ impl StockPod {
     }
 
     async fn wait_ready(&self, status: u16) {
-        let deadline = Instant::now() + PROMPT;
-        while get_status(self.sidecar_http, "/ready", PROMPT).await != Some(status) {
-            assert!(
-                Instant::now() < deadline,
-                "/ready never {status}:\n{}",
-                self.sidecar.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_for_status(self.sidecar_http, "/ready", status, || self.sidecar.logs()).await;
     }
 
-    fn drain_client(&self, propagation: &str, timeout: &str, grace: &str) -> Process {
-        Process::spawn(
-            "drain client",
-            Command::new(bins::sidecar())
-                .arg("drain")
-                .arg("--socket")
-                .arg(self.dir.path().join("quiesce.sock"))
-                .args([
-                    "--propagation-seconds",
-                    propagation,
-                    "--timeout-seconds",
-                    timeout,
-                ])
-                .args(["--abort-grace-seconds", grace]),
+    fn drain_client(&self, propagation: f64, timeout: f64, grace: f64) -> Process {
+        drain_client(
+            &self.dir.path().join("quiesce.sock"),
+            propagation,
+            timeout,
+            grace,
         )
-        .unwrap()
     }
 
     fn stream(&self, tokens: u32) -> tokio::task::JoinHandle<quiesce_e2e::client::Finished> {
@@ -164,7 +107,7 @@ async fn the_drain_waits_for_the_metrics_to_reach_zero() {
     let pod = StockPod::start("2").await;
     let stream = pod.stream(150);
     pod.wait_running(1).await;
-    let mut client = pod.drain_client("0.3", "30", "2");
+    let mut client = pod.drain_client(0.3, 30.0, 2.0);
     pod.wait_ready(503).await;
     let finished = stream.await.unwrap();
     let status = client.wait(PROMPT).await.expect("the drain client returns");
@@ -187,7 +130,7 @@ async fn at_the_deadline_the_engines_own_timeout_aborts_explicitly() {
     // 2000 tokens at 10 ms: 20 s; the drain allows 0.5 s.
     let stream = pod.stream(2000);
     pod.wait_running(1).await;
-    let mut client = pod.drain_client("0.2", "0.5", "1");
+    let mut client = pod.drain_client(0.2, 0.5, 1.0);
     let status = client.wait(PROMPT).await.expect("the drain client returns");
     assert!(status.success());
     assert!(client.logs().contains("aborted after"), "{}", client.logs());
@@ -217,7 +160,7 @@ async fn a_stock_engine_that_dies_ends_the_drain_as_engine_lost() {
     let mut pod = StockPod::start("30").await;
     let _stream = pod.stream(2000);
     pod.wait_running(1).await;
-    let mut client = pod.drain_client("0", "60", "5");
+    let mut client = pod.drain_client(0.0, 60.0, 5.0);
     pod.wait_ready(503).await;
     pod.engine.signal(Signal::SIGKILL);
     assert!(client.wait(PROMPT).await.expect("returns").success());
