@@ -66,15 +66,16 @@ fn operator_errors(object: &Value) -> Vec<String> {
 }
 
 #[test]
-fn committed_crd_is_current() {
-    let path = repo_root().join(crd::CRD_PATH);
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        committed == crd::to_yaml(),
-        "{} is stale: regenerate it with\n\n    cargo run -p quiesce-operator -- crd > {}\n",
-        crd::CRD_PATH,
-        crd::CRD_PATH
-    );
+fn committed_crds_are_current() {
+    // crds/ for kubectl, and the Helm chart's copy, which Helm installs.
+    let chart_copy = format!("charts/quiesce/{}", crd::CRD_PATH);
+    for path in [crd::CRD_PATH, chart_copy.as_str()] {
+        let committed = std::fs::read_to_string(repo_root().join(path)).unwrap_or_default();
+        assert!(
+            committed == crd::to_yaml(),
+            "{path} is stale: regenerate it with\n\n    cargo run -p quiesce-operator -- crd > {path}\n"
+        );
+    }
 }
 
 #[test]
