@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::Request;
 use hyper::header::{CONTENT_TYPE, HOST, RETRY_AFTER};
+use hyper::{HeaderMap, Request};
 use quiesce_engine::sim::openai::Endpoint;
 use quiesce_engine::sim::verify::{Expected, Outcome, SseDecoder, StreamCheck, check_response};
 use tokio::net::TcpStream;
@@ -55,19 +55,34 @@ pub struct Finished {
 
 /// Sends `completion` to the engine (or a proxy) at `addr` and classifies the answer.
 pub async fn complete(addr: SocketAddr, completion: &Completion) -> Finished {
+    complete_with_headers(addr, completion).await.0
+}
+
+/// [`complete`], also returning the response headers (`None` when no
+/// response arrived): a proxy says there which backend answered.
+pub async fn complete_with_headers(
+    addr: SocketAddr,
+    completion: &Completion,
+) -> (Finished, Option<HeaderMap>) {
     let started = Instant::now();
-    let outcome = match send(addr, completion).await {
+    let mut headers = None;
+    let outcome = match send(addr, completion, &mut headers).await {
         Ok(outcome) => outcome,
         Err(why) => Classified::Failed(why),
     };
-    Finished {
+    let finished = Finished {
         outcome,
         started,
         ended: Instant::now(),
-    }
+    };
+    (finished, headers)
 }
 
-async fn send(addr: SocketAddr, completion: &Completion) -> Result<Classified, String> {
+async fn send(
+    addr: SocketAddr,
+    completion: &Completion,
+    headers: &mut Option<HeaderMap>,
+) -> Result<Classified, String> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -92,6 +107,7 @@ async fn send(addr: SocketAddr, completion: &Completion) -> Result<Classified, S
         .await
         .map_err(|e| format!("request: {e}"))?;
     let status = response.status().as_u16();
+    *headers = Some(response.headers().clone());
     let retry_after = response
         .headers()
         .get(RETRY_AFTER)

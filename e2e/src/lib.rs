@@ -1,8 +1,23 @@
 //! End-to-end harnesses for quiesce: real sidecar and engine processes run
 //! as the operator renders them, locally, and on a cluster when one is
 //! reachable.
+//!
+//! The local comparison (`quiesce-demo`, docs/demo.md) is built from:
+//! [`pod`] (a local kubelet), [`balancer`] (a readiness-aware load balancer
+//! with an endpoint propagation delay), [`load`] (verified streaming load),
+//! [`rollout`] (the Deployment controller's rolling update),
+//! [`strategy`] (the three pod templates), [`comparison`] (running them),
+//! [`report`] (the table and JSON) and [`timeline`] (the picture).
 
+pub mod balancer;
 pub mod bins;
 pub mod client;
+pub mod comparison;
+pub mod load;
 pub mod pair;
+pub mod pod;
 pub mod process;
+pub mod report;
+pub mod rollout;
+pub mod strategy;
+pub mod timeline;

@@ -1,0 +1,303 @@
+//! What a comparison run shows: requests by outcome, the rollout's length,
+//! and each replaced pod's termination time beside its ideal.
+//!
+//! The ideal termination of a pod is what a perfect drain would take: keep
+//! serving for the propagation delay (load balancers still send requests
+//! until then), then stop admitting and finish exactly the requests that
+//! are in flight at that moment, not a moment longer. So it is the
+//! propagation delay plus the longest remaining time, at the end of the
+//! propagation delay, of the requests the pod had admitted by then. A
+//! request's natural end is when it ended if it completed, and otherwise
+//! when it would have (its start plus its tokens times the time per
+//! token). It is the same yardstick for every strategy: a pod that stops
+//! sooner lost requests, one that stops later wasted time.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::client::Classified;
+use crate::comparison::StrategyRun;
+use crate::load::{Counts, RequestRecord};
+use crate::pod::PodEvent;
+
+/// The ideal termination time of a pod deleted at `deleted`, given the
+/// `(start, natural end)` of the requests that reached it.
+pub fn ideal_termination(
+    propagation: Duration,
+    deleted: Instant,
+    work: impl IntoIterator<Item = (Instant, Instant)>,
+) -> Duration {
+    let admission_end = deleted + propagation;
+    let tail = work
+        .into_iter()
+        .filter(|(start, _)| *start <= admission_end)
+        .map(|(_, end)| end.saturating_duration_since(admission_end))
+        .max()
+        .unwrap_or_default();
+    propagation + tail
+}
+
+/// When a request that reached a pod would have ended, had nothing
+/// interrupted it; `None` if it did no work on any pod (rejected, or
+/// refused by a dead pod).
+pub fn natural_end(record: &RequestRecord, token_interval: Duration) -> Option<Instant> {
+    match &record.outcome {
+        Classified::Completed { .. } => Some(record.ended),
+        Classified::Rejected => None,
+        Classified::Failed(_) if record.proxy_error.is_some() => None,
+        Classified::Aborted { .. } | Classified::Failed(_) => {
+            Some(record.started + token_interval * record.max_tokens)
+        }
+    }
+}
+
+/// A replaced pod.
+#[derive(Clone, Debug, Serialize)]
+pub struct PodSummary {
+    /// Its name.
+    pub name: String,
+    /// From deletion to gone.
+    pub termination_seconds: Option<f64>,
+    /// The ideal (see the module's doc).
+    pub ideal_seconds: Option<f64>,
+    /// Whether a container was SIGKILLed.
+    pub killed: bool,
+    /// How long its preStop hook ran.
+    pub pre_stop_seconds: Option<f64>,
+    /// Requests that reached it.
+    pub requests: usize,
+}
+
+/// One strategy's results.
+#[derive(Clone, Debug, Serialize)]
+pub struct StrategySummary {
+    /// `stock`, `fixed-sleep` or `quiesce`.
+    pub name: &'static str,
+    /// Its termination settings.
+    pub settings: String,
+    /// Requests by outcome.
+    pub requests: Counts,
+    /// Requests the balancer retried on another pod (after a 503 with
+    /// `Retry-After`, or a refused connection when that is switched on).
+    pub retried: usize,
+    /// Failed requests that the balancer sent to a pod that had already
+    /// exited (stale routing during the propagation delay).
+    pub refused: usize,
+    /// From the start of the rollout to the last old pod gone.
+    pub rollout_seconds: f64,
+    /// From the start of the rollout to when the Deployment would call it
+    /// complete (terminating pods do not count there).
+    pub complete_seconds: f64,
+    /// The replaced pods.
+    pub pods: Vec<PodSummary>,
+}
+
+/// Summarizes a run.
+pub fn summarize(run: &StrategyRun) -> StrategySummary {
+    let secs = |d: Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
+    let pods = run
+        .old
+        .iter()
+        .map(|pod| {
+            let served: Vec<&RequestRecord> = run
+                .requests
+                .iter()
+                .filter(|r| r.pod.as_deref() == Some(pod.name.as_str()))
+                .filter(|r| natural_end(r, run.token_interval).is_some())
+                .collect();
+            let ideal = pod.deleted().map(|deleted| {
+                let work = served
+                    .iter()
+                    .filter_map(|r| Some((r.started, natural_end(r, run.token_interval)?)));
+                ideal_termination(run.propagation, deleted, work)
+            });
+            let pre_stop = pod
+                .first(|e| matches!(e, PodEvent::PreStopStarted { .. }))
+                .zip(pod.first(|e| {
+                    matches!(
+                        e,
+                        PodEvent::PreStopEnded { .. } | PodEvent::PreStopTimedOut { .. }
+                    )
+                }))
+                .map(|(start, end)| secs(end.saturating_duration_since(start)));
+            PodSummary {
+                name: pod.name.clone(),
+                termination_seconds: pod.termination().map(secs),
+                ideal_seconds: ideal.map(secs),
+                killed: pod.killed(),
+                pre_stop_seconds: pre_stop,
+                requests: served.len(),
+            }
+        })
+        .collect();
+    StrategySummary {
+        name: run.strategy.name(),
+        settings: run.settings.clone(),
+        requests: Counts::of(&run.requests),
+        retried: run.requests.iter().filter(|r| r.attempts > 1).count(),
+        refused: run
+            .requests
+            .iter()
+            .filter(|r| r.proxy_error.as_deref() == Some(crate::balancer::CONNECT_ERROR))
+            .count(),
+        rollout_seconds: secs(run.old_gone.saturating_duration_since(run.epoch)),
+        complete_seconds: secs(run.completed.saturating_duration_since(run.epoch)),
+        pods,
+    }
+}
+
+/// The JSON document of `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// One entry per strategy, in the order they ran.
+    pub strategies: Vec<StrategySummary>,
+}
+
+/// A short pod name for tables: `old-2` for `quiesce-old-2`.
+pub fn short_name<'a>(strategy: &str, pod: &'a str) -> &'a str {
+    pod.strip_prefix(strategy)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .unwrap_or(pod)
+}
+
+/// The table printed at the end of a run.
+pub fn table(summaries: &[StrategySummary]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<12} {:>9} {:>8} {:>7} {:>6} {:>7} {:>8}   each replaced pod: termination / ideal (s)",
+        "strategy", "completed", "rejected", "aborted", "failed", "retried", "rollout"
+    );
+    for s in summaries {
+        let pods: Vec<String> = s
+            .pods
+            .iter()
+            .map(|p| {
+                let value =
+                    |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+                format!(
+                    "{} {} / {}{}",
+                    short_name(s.name, &p.name),
+                    value(p.termination_seconds),
+                    value(p.ideal_seconds),
+                    if p.killed { " KILLED" } else { "" }
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<12} {:>9} {:>8} {:>7} {:>6} {:>7} {:>6.1} s   {}",
+            s.name,
+            s.requests.completed,
+            s.requests.rejected,
+            s.requests.aborted,
+            s.requests.failed,
+            s.retried,
+            s.rollout_seconds,
+            pods.join("   ")
+        );
+    }
+    let _ = writeln!(out);
+    for s in summaries {
+        let _ = writeln!(out, "{:<12} {}", s.name, s.settings);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ideal_is_propagation_plus_the_longest_tail_of_admitted_work() {
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let p = Duration::from_secs(2);
+        // Deleted at 10 s: admission ends at 12 s.
+        let work = [
+            (at(3.0), at(11.0)),  // ended before: no tail
+            (at(9.0), at(17.5)),  // 5.5 s left at 12 s
+            (at(11.9), at(16.0)), // admitted during propagation: 4 s left
+            (at(12.5), at(30.0)), // arrived after admission ended: not counted
+        ];
+        assert_eq!(
+            ideal_termination(p, at(10.0), work),
+            Duration::from_secs_f64(7.5)
+        );
+        // An idle pod: just the propagation delay.
+        assert_eq!(ideal_termination(p, at(10.0), []), p);
+    }
+
+    fn record(outcome: Classified, proxy_error: Option<&str>) -> RequestRecord {
+        let t0 = Instant::now();
+        RequestRecord {
+            id: 0,
+            max_tokens: 100,
+            started: t0,
+            ended: t0 + Duration::from_secs(1),
+            outcome,
+            pod: Some("p".into()),
+            attempts: 1,
+            proxy_error: proxy_error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn natural_ends_count_work_that_reached_a_pod() {
+        let interval = Duration::from_millis(20);
+        let done = record(Classified::Completed { tokens: 100 }, None);
+        assert_eq!(natural_end(&done, interval), Some(done.ended));
+        let aborted = record(Classified::Aborted { tokens: 3 }, None);
+        assert_eq!(
+            natural_end(&aborted, interval),
+            Some(aborted.started + Duration::from_secs(2))
+        );
+        let cut = record(Classified::Failed("reset".into()), None);
+        assert!(natural_end(&cut, interval).is_some());
+        let refused = record(Classified::Failed("502".into()), Some("connect"));
+        assert_eq!(natural_end(&refused, interval), None);
+        assert_eq!(
+            natural_end(&record(Classified::Rejected, None), interval),
+            None
+        );
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_strategy_and_marks_kills() {
+        let summary = StrategySummary {
+            name: "quiesce",
+            settings: "rendered pod".into(),
+            requests: Counts {
+                completed: 10,
+                rejected: 0,
+                aborted: 1,
+                failed: 0,
+            },
+            retried: 2,
+            refused: 0,
+            rollout_seconds: 33.25,
+            complete_seconds: 30.0,
+            pods: vec![PodSummary {
+                name: "quiesce-old-1".into(),
+                termination_seconds: Some(7.91),
+                ideal_seconds: Some(7.9),
+                killed: true,
+                pre_stop_seconds: Some(7.8),
+                requests: 4,
+            }],
+        };
+        let text = table(std::slice::from_ref(&summary));
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.starts_with("quiesce"), "{text}");
+        assert!(row.contains("33.2 s") || row.contains("33.3 s"), "{text}");
+        assert!(row.contains("old-1 7.9 / 7.9 KILLED"), "{text}");
+        let json = serde_json::to_value(Report {
+            strategies: vec![summary],
+        })
+        .unwrap();
+        assert_eq!(json["strategies"][0]["requests"]["aborted"], 1);
+        assert_eq!(json["strategies"][0]["pods"][0]["ideal_seconds"], 7.9);
+    }
+}
