@@ -43,20 +43,12 @@ mod tests {
     use super::*;
     use crate::render::fixtures::*;
 
-    fn owner() -> Owner {
-        Owner {
-            name: "demo".to_owned(),
-            namespace: None,
-            reference: None,
-        }
-    }
-
     #[test]
     fn the_budget_selects_the_pods_and_lets_unhealthy_ones_go() {
         let spec = spec(&format!(
             "{MINIMAL}disruptionBudget: {{maxUnavailable: 25%}}\n"
         ));
-        let budget = render_pod_disruption_budget(&spec, &owner()).unwrap();
+        let budget = render_pod_disruption_budget(&spec, &owner_in(None)).unwrap();
         assert_eq!(
             budget.metadata.labels.unwrap()["app.kubernetes.io/component"],
             "disruption-budget"
@@ -77,6 +69,6 @@ mod tests {
     #[test]
     fn a_disabled_budget_is_not_rendered() {
         let spec = spec(&format!("{MINIMAL}disruptionBudget: {{enabled: false}}\n"));
-        assert_eq!(render_pod_disruption_budget(&spec, &owner()), None);
+        assert_eq!(render_pod_disruption_budget(&spec, &owner_in(None)), None);
     }
 }

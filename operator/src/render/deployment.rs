@@ -61,21 +61,13 @@ mod tests {
     use super::*;
     use crate::render::fixtures::*;
 
-    fn owner() -> Owner {
-        Owner {
-            name: "demo".to_owned(),
-            namespace: Some("ml".to_owned()),
-            reference: None,
-        }
-    }
-
     #[test]
     fn the_deployment_runs_the_template_with_the_rollout_settings() {
         let spec = spec(&format!(
             "{MINIMAL}replicas: 3\nstrategy: {{maxSurge: 25%, maxUnavailable: 1}}\n"
         ));
         let template = PodTemplateSpec::default();
-        let deployment = render_deployment(&spec, &owner(), template.clone());
+        let deployment = render_deployment(&spec, &owner_in(Some("ml")), template.clone());
         assert_eq!(deployment.metadata.name.as_deref(), Some("demo"));
         assert_eq!(deployment.metadata.namespace.as_deref(), Some("ml"));
         let labels = deployment.metadata.labels.unwrap();
@@ -102,7 +94,8 @@ mod tests {
             "{MINIMAL}engine: {{startupTimeoutSeconds: 7200}}\ndrain: {{timeoutSeconds: 3000}}\n"
         ));
         assert_eq!(progress_deadline_seconds(&slow), 7200 + 3020 + 600);
-        let deployment = render_deployment(&slow, &owner(), PodTemplateSpec::default());
+        let deployment =
+            render_deployment(&slow, &owner_in(Some("ml")), PodTemplateSpec::default());
         assert_eq!(
             deployment.spec.unwrap().progress_deadline_seconds,
             Some(10820)

@@ -16,6 +16,15 @@ template:
       image: engine:1
 ";
 
+/// The owner `demo`, in `namespace`, without a uid (as from a file).
+pub fn owner_in(namespace: Option<&str>) -> super::Owner {
+    super::Owner {
+        name: "demo".to_owned(),
+        namespace: namespace.map(str::to_owned),
+        reference: None,
+    }
+}
+
 pub fn spec(yaml: &str) -> InferenceDeploymentSpec {
     serde_saphyr::from_str(yaml).expect("the fixture is a spec")
 }

@@ -53,17 +53,9 @@ mod tests {
     use crate::render::fixtures::*;
     use crate::render::labels::selector_labels;
 
-    fn owner() -> Owner {
-        Owner {
-            name: "demo".to_owned(),
-            namespace: None,
-            reference: None,
-        }
-    }
-
     #[test]
     fn the_service_exposes_the_engine_port_only() {
-        let service = render_service(&spec(MINIMAL), &owner()).unwrap();
+        let service = render_service(&spec(MINIMAL), &owner_in(None)).unwrap();
         assert_eq!(service.metadata.name.as_deref(), Some("demo"));
         assert_eq!(
             service.metadata.labels.unwrap()["app.kubernetes.io/component"],
@@ -84,7 +76,10 @@ mod tests {
         let spec = spec(&format!(
             "{MINIMAL}engine: {{port: 30000}}\nservice: {{type: LoadBalancer, port: 80}}\n"
         ));
-        let body = render_service(&spec, &owner()).unwrap().spec.unwrap();
+        let body = render_service(&spec, &owner_in(None))
+            .unwrap()
+            .spec
+            .unwrap();
         assert_eq!(body.type_.as_deref(), Some("LoadBalancer"));
         let port = &body.ports.unwrap()[0];
         assert_eq!(port.port, 80);
@@ -94,6 +89,6 @@ mod tests {
     #[test]
     fn a_disabled_service_is_not_rendered() {
         let spec = spec(&format!("{MINIMAL}service: {{enabled: false}}\n"));
-        assert_eq!(render_service(&spec, &owner()), None);
+        assert_eq!(render_service(&spec, &owner_in(None)), None);
     }
 }
