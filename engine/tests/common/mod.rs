@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,8 @@ pub struct Engine {
     /// The HTTP address from its `listening` log line.
     pub addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Set once the engine's stderr reached its end.
+    stderr_closed: Arc<AtomicBool>,
     exited: Option<ExitStatus>,
     /// Its start time (clock ticks since boot): processes started earlier
     /// cannot be its descendants, even if a recycled pid makes their process
@@ -108,12 +111,15 @@ impl Engine {
         let stderr = child.stderr.take().expect("piped stderr");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let sink = logs.clone();
+        let stderr_closed = Arc::new(AtomicBool::new(false));
+        let closed = stderr_closed.clone();
         std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
+                let Ok(line) = line else { break };
                 sink.lock().unwrap().push(line);
             }
+            closed.store(true, Ordering::Release);
         });
         let pid = i32::try_from(child.id()).expect("pid fits i32");
         let started = proc_stat(pid).map_or(0, |p| p.start);
@@ -122,6 +128,7 @@ impl Engine {
             pid,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             logs,
+            stderr_closed,
             exited: None,
             started,
         }
@@ -230,12 +237,14 @@ impl Engine {
     /// fails the test if it does not (a hang).
     pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         if let Some(status) = self.exited {
+            self.wait_for_stderr_end().await;
             return status;
         }
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for the engine") {
                 self.exited = Some(status);
+                self.wait_for_stderr_end().await;
                 return status;
             }
             if Instant::now() >= deadline {
@@ -247,6 +256,17 @@ impl Engine {
                 );
             }
             tokio::time::sleep(EXIT_POLL).await;
+        }
+    }
+
+    /// Waits, briefly, until every line the engine wrote has been read: the
+    /// checks after exit read its last lines ("worker reaped", "exiting").
+    /// A survivor holding the pipe open makes this give up; the survivor
+    /// check then says so.
+    async fn wait_for_stderr_end(&self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.stderr_closed.load(Ordering::Acquire) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 

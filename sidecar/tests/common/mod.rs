@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,8 @@ pub const PROMPT: Duration = Duration::from_secs(10);
 pub struct Process {
     pub child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Set once stderr reached its end: every line is in `lines`.
+    stderr_closed: Arc<AtomicBool>,
 }
 
 impl Process {
@@ -42,12 +45,19 @@ impl Process {
         let stderr = child.stderr.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
+        let stderr_closed = Arc::new(AtomicBool::new(false));
+        let closed = Arc::clone(&stderr_closed);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
+            closed.store(true, Ordering::Release);
         });
-        Self { child, lines }
+        Self {
+            child,
+            lines,
+            stderr_closed,
+        }
     }
 
     pub fn pid(&self) -> Pid {
@@ -89,8 +99,11 @@ impl Process {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Let the stderr thread drain the pipe.
-                std::thread::sleep(Duration::from_millis(20));
+                // Every line written before exit is read once stderr ends.
+                let drained = Instant::now() + Duration::from_secs(2);
+                while !self.stderr_closed.load(Ordering::Acquire) && Instant::now() < drained {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 return status;
             }
             if Instant::now() >= deadline {
