@@ -178,11 +178,13 @@ impl Coordinator {
                 tracing::error!("the engine disconnected during the drain");
                 return DrainResult::EngineLost;
             }
-            match current.phase() {
-                Some(Phase::Stopped) if aborting => return DrainResult::Aborted,
-                Some(Phase::Stopped) => return DrainResult::Drained,
-                Some(Phase::Aborting) => aborting = true,
-                _ => {}
+            aborting |= current.reported_aborting;
+            if current.phase() == Some(Phase::Stopped) {
+                return if aborting {
+                    DrainResult::Aborted
+                } else {
+                    DrainResult::Drained
+                };
             }
             tokio::select! {
                 changed = view.changed() => {
@@ -479,6 +481,22 @@ mod tests {
                 grace: Duration::from_millis(500)
             })
         );
+        engine.report(status(Phase::Stopped, 0));
+        assert_eq!(finished(&mut drain).await, DrainResult::Aborted);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abort_seen_only_in_passing_still_counts() {
+        let coordinator = Coordinator::new(Duration::from_secs(1));
+        let mut engine = coordinator.engine.attach().unwrap();
+        engine.report(status(Phase::Ready, 1));
+        let mut drain = coordinator.request_drain(request(0, 60_000, 1_000));
+        assert!(matches!(
+            engine.commands.recv().await,
+            Some(EngineCommand::Drain(_))
+        ));
+        // The engine aborts by itself and stops before the drain looks again.
+        engine.report(status(Phase::Aborting, 1));
         engine.report(status(Phase::Stopped, 0));
         assert_eq!(finished(&mut drain).await, DrainResult::Aborted);
     }

@@ -23,6 +23,10 @@ pub struct EngineView {
     pub status: Option<EngineStatus>,
     /// When the engine last gave a sign of life.
     pub last_seen: Option<Instant>,
+    /// The attached engine reported `aborting` at some point. Kept apart
+    /// from `status`, which holds only the latest report: an abort that
+    /// ends between two looks at the view would otherwise go unseen.
+    pub reported_aborting: bool,
 }
 
 impl EngineView {
@@ -97,6 +101,7 @@ impl EngineHub {
             view.attached = true;
             view.ever_attached = true;
             view.last_seen = Some(Instant::now());
+            view.reported_aborting = false;
         });
         Ok(EngineAttachment {
             hub: self,
@@ -140,6 +145,7 @@ impl EngineAttachment<'_> {
         self.hub.view.send_modify(|view| {
             view.last_seen = Some(Instant::now());
             view.status = Some(status);
+            view.reported_aborting |= status.phase == Phase::Aborting;
         });
     }
 }
