@@ -423,13 +423,13 @@ fn header(
         .map(str::to_owned)
 }
 
-/// Sends a request and reads the whole answer.
-pub async fn send(
+/// Sends a JSON request on a new connection; the answer's body is left to read.
+async fn send_json(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: Vec<u8>,
-) -> Result<Reply, String> {
+) -> Result<hyper::Response<hyper::body::Incoming>, String> {
     let mut sender = connect(addr).await?;
     let request = Request::builder()
         .method(method)
@@ -438,10 +438,20 @@ pub async fn send(
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    let response = sender
+    sender
         .send_request(request)
         .await
-        .map_err(|e| format!("send: {e}"))?;
+        .map_err(|e| format!("send: {e}"))
+}
+
+/// Sends a request and reads the whole answer.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<Reply, String> {
+    let response = send_json(addr, method, path, body).await?;
     let status = response.status().as_u16();
     let retry_after = header(&response, hyper::header::RETRY_AFTER);
     let content_type = header(&response, hyper::header::CONTENT_TYPE);
@@ -651,16 +661,13 @@ async fn run_request(
     tokens: &watch::Sender<u32>,
     token_times: &mut Vec<Instant>,
 ) -> Result<Outcome, String> {
-    let mut sender = connect(addr).await?;
-    let request = Request::post(ask.path())
-        .header(hyper::header::HOST, addr.to_string())
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(ask.body().to_string())))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("send: {e}"))?;
+    let response = send_json(
+        addr,
+        "POST",
+        ask.path(),
+        ask.body().to_string().into_bytes(),
+    )
+    .await?;
     let status = response.status().as_u16();
     let retry_after = header(&response, hyper::header::RETRY_AFTER);
     let event_stream =
