@@ -298,19 +298,22 @@ async fn reconcile_resource(
         }
     };
 
-    let wrote_objects = plan.writes();
-    let mut deployment = existing.deployment;
-    if let Err(error) = execute(plan, resource, ctx, &objects, &mut deployment).await {
-        let problem = Problem::ApplyFailed(error.to_string());
-        let report = Report {
-            resource,
-            deployment: deployment.as_ref(),
-            problem: Some(&problem),
-            conflicts: &conflicts,
-        };
-        report.write_best_effort(ctx, &objects).await;
-        return Err(error);
-    }
+    let mut deployment = existing.deployment.clone();
+    let executed = execute(plan, &existing, resource, ctx, &objects, &mut deployment).await;
+    let wrote_objects = match executed {
+        Ok(wrote) => wrote,
+        Err(error) => {
+            let problem = Problem::ApplyFailed(error.to_string());
+            let report = Report {
+                resource,
+                deployment: deployment.as_ref(),
+                problem: Some(&problem),
+                conflicts: &conflicts,
+            };
+            report.write_best_effort(ctx, &objects).await;
+            return Err(error);
+        }
+    };
     let report = Report {
         resource,
         deployment: deployment.as_ref(),
@@ -327,30 +330,52 @@ async fn reconcile_resource(
 
 /// Carries out `plan`: Deployment first, so the pods change as early as
 /// possible, then Service and PodDisruptionBudget. `deployment` follows
-/// what the API server returned.
+/// what the API server returned. Returns whether anything was written: an
+/// apply whose object the API server already had (it differed from the
+/// rendered one only in form, such as a quantity written `0.5` instead of
+/// `500m`) writes nothing and keeps the resourceVersion.
 async fn execute(
     plan: Plan,
+    existing: &Existing,
     resource: &InferenceDeployment,
     ctx: &Context,
     objects: &Objects,
     deployment: &mut Option<Deployment>,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
+    let mut wrote = false;
     if let Step::Apply(desired) = plan.deployment {
-        *deployment = Some(objects.apply(&objects.deployments, &desired).await?);
-        info!(
-            namespace = objects.namespace,
-            name = objects.name,
-            "applied the Deployment"
-        );
-        if let Some(change) = &plan.drain_change {
-            publish(ctx, resource, events::drain_settings_changed(change)).await;
+        let applied = objects.apply(&objects.deployments, &desired).await?;
+        if changed(existing.deployment.as_ref(), &applied) {
+            wrote = true;
+            info!(
+                namespace = objects.namespace,
+                name = objects.name,
+                "applied the Deployment"
+            );
+            if let Some(change) = &plan.drain_change {
+                publish(ctx, resource, events::drain_settings_changed(change)).await;
+            }
         }
+        *deployment = Some(applied);
     }
-    objects.carry_out(&objects.services, plan.service).await?;
-    objects
-        .carry_out(&objects.budgets, plan.pod_disruption_budget)
+    wrote |= objects
+        .carry_out(&objects.services, existing.service.as_ref(), plan.service)
         .await?;
-    Ok(())
+    wrote |= objects
+        .carry_out(
+            &objects.budgets,
+            existing.pod_disruption_budget.as_ref(),
+            plan.pod_disruption_budget,
+        )
+        .await?;
+    Ok(wrote)
+}
+
+/// Whether `applied`, as the API server returned it, is a new version of
+/// `before`.
+fn changed<K: Resource>(before: Option<&K>, applied: &K) -> bool {
+    let version = |object: &K| object.meta().resource_version.clone();
+    before.is_none_or(|before| version(before) != version(applied))
 }
 
 /// The status of one reconcile, to be written if it changed.
@@ -476,21 +501,31 @@ impl Objects {
             })
     }
 
-    async fn carry_out<K>(&self, api: &Api<K>, step: Step<K>) -> Result<(), Error>
+    /// Carries out `step` on the object that was `current`; returns
+    /// whether it wrote.
+    async fn carry_out<K>(
+        &self,
+        api: &Api<K>,
+        current: Option<&K>,
+        step: Step<K>,
+    ) -> Result<bool, Error>
     where
-        K: k8s_openapi::Resource + Clone + DeserializeOwned + Serialize + Debug,
+        K: k8s_openapi::Resource + Resource + Clone + DeserializeOwned + Serialize + Debug,
     {
         match step {
-            Step::Keep => Ok(()),
+            Step::Keep => Ok(false),
             Step::Apply(object) => {
-                self.apply(api, &object).await?;
-                info!(
-                    namespace = self.namespace,
-                    name = self.name,
-                    kind = K::KIND,
-                    "applied"
-                );
-                Ok(())
+                let applied = self.apply(api, &object).await?;
+                let wrote = changed(current, &applied);
+                if wrote {
+                    info!(
+                        namespace = self.namespace,
+                        name = self.name,
+                        kind = K::KIND,
+                        "applied"
+                    );
+                }
+                Ok(wrote)
             }
             Step::Delete { uid } => {
                 // The uid precondition spares an object that replaced ours.
@@ -509,9 +544,9 @@ impl Objects {
                             kind = K::KIND,
                             "deleted: disabled in the spec"
                         );
-                        Ok(())
+                        Ok(true)
                     }
-                    Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+                    Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
                     Err(source) => Err(Error::Delete {
                         kind: K::KIND,
                         namespace: self.namespace.clone(),

@@ -2,11 +2,14 @@
 //! server has. Pure, so the decisions (apply, keep, delete, refuse) are
 //! tested without a cluster.
 //!
-//! Each applied object carries [`APPLIED_HASH_ANNOTATION`], a hash of the
-//! object as rendered. An object whose annotation matches the desired hash,
-//! that we control, and (for the Deployment) whose replicas match, is in
-//! sync: comparing the rendered object with the stored one field by field
-//! would see every default the API server fills in as a difference.
+//! An object is in sync, and nothing is written, when we control it, its
+//! [`APPLIED_HASH_ANNOTATION`] matches the hash of the object as rendered
+//! now, and the stored object still [`covers`] the rendered one: every field
+//! we set has our value there. The hash sees what we stopped setting (which
+//! an apply removes); the cover check sees what someone else changed since
+//! (`kubectl edit` removing the preStop hook or the sidecar), while the
+//! defaults the API server fills in and the fields other managers add are
+//! no difference.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +19,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use serde::Serialize;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::render::Rendered;
@@ -116,15 +120,10 @@ pub fn plan(
     owner_uid: Option<&str>,
     existing: &Existing,
 ) -> Result<Plan, NotOwned> {
-    let replicas_match = |desired: &Deployment, current: &Deployment| {
-        let replicas = |d: &Deployment| d.spec.as_ref().and_then(|spec| spec.replicas);
-        replicas(desired) == replicas(current)
-    };
     let deployment = step(
         Some(rendered.deployment),
         existing.deployment.as_ref(),
         owner_uid,
-        replicas_match,
     )?;
     let drain_change = match &deployment {
         Step::Apply(desired) => drain_change(existing.deployment.as_ref(), desired),
@@ -132,17 +131,11 @@ pub fn plan(
     };
     Ok(Plan {
         deployment,
-        service: step(
-            rendered.service,
-            existing.service.as_ref(),
-            owner_uid,
-            |_, _| true,
-        )?,
+        service: step(rendered.service, existing.service.as_ref(), owner_uid)?,
         pod_disruption_budget: step(
             rendered.pod_disruption_budget,
             existing.pod_disruption_budget.as_ref(),
             owner_uid,
-            |_, _| true,
         )?,
         drain_change,
     })
@@ -152,7 +145,6 @@ fn step<K>(
     desired: Option<K>,
     existing: Option<&K>,
     owner_uid: Option<&str>,
-    also_in_sync: impl Fn(&K, &K) -> bool,
 ) -> Result<Step<K>, NotOwned>
 where
     K: Resource + k8s_openapi::Resource + Serialize,
@@ -186,13 +178,54 @@ where
     let in_sync = existing.is_some_and(|current| {
         ours && applied_hash(current.meta()).is_some()
             && applied_hash(current.meta()) == applied_hash(desired.meta())
-            && also_in_sync(&desired, current)
+            && covers(&json(current), &json(&desired))
     });
     Ok(if in_sync {
         Step::Keep
     } else {
         Step::Apply(Box::new(desired))
     })
+}
+
+/// Whether `stored` has every field of `desired` with the same value.
+///
+/// Extra fields in `stored` are no difference: the API server's defaults,
+/// status, and whatever other field managers set (which our apply would
+/// keep anyway). A field missing from `stored` is no difference when
+/// `desired` has its zero value there (`false`, `0`, `""`, `[]`, `{}`): the
+/// API server omits those. Lists are compared as sets: each element of
+/// `desired` must be covered by some element of `stored`, so containers,
+/// env vars and volumes match by content whatever their order.
+pub fn covers(stored: &Value, desired: &Value) -> bool {
+    match (stored, desired) {
+        (Value::Object(stored), Value::Object(desired)) => {
+            desired.iter().all(|(key, want)| match stored.get(key) {
+                Some(have) => covers(have, want),
+                None => is_zero(want),
+            })
+        }
+        (Value::Array(stored), Value::Array(desired)) => desired
+            .iter()
+            .all(|want| stored.iter().any(|have| covers(have, want))),
+        (stored, desired) => stored == desired,
+    }
+}
+
+fn is_zero(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    }
+}
+
+fn json<K: Serialize>(object: &K) -> Value {
+    // Serializing a k8s-openapi object cannot fail: it is plain data with
+    // string keys.
+    serde_json::to_value(object).unwrap_or_default()
 }
 
 /// The owner reference with `controller: true`, if any.
@@ -374,6 +407,65 @@ spec:
             .replicas = Some(7);
         let again = plan(rendered(""), Some("u1"), &existing).unwrap();
         assert!(matches!(again.deployment, Step::Apply(_)));
+    }
+
+    fn pod_of(existing: &mut Existing) -> &mut k8s_openapi::api::core::v1::PodSpec {
+        let deployment = existing.deployment.as_mut().unwrap();
+        let spec = deployment.spec.as_mut().unwrap();
+        spec.template.spec.as_mut().unwrap()
+    }
+
+    #[test]
+    fn a_removed_pre_stop_hook_or_sidecar_is_restored() {
+        let first = plan(rendered(""), Some("u1"), &Existing::default()).unwrap();
+        let mut no_hook = existing_after(&first);
+        pod_of(&mut no_hook).containers[0].lifecycle = None;
+        let again = plan(rendered(""), Some("u1"), &no_hook).unwrap();
+        assert!(matches!(again.deployment, Step::Apply(_)), "{again:?}");
+        assert_eq!(
+            again.drain_change, None,
+            "the drain settings did not change"
+        );
+
+        let mut no_sidecar = existing_after(&first);
+        pod_of(&mut no_sidecar).init_containers = None;
+        let again = plan(rendered(""), Some("u1"), &no_sidecar).unwrap();
+        assert!(matches!(again.deployment, Step::Apply(_)), "{again:?}");
+
+        let mut other_grace = existing_after(&first);
+        pod_of(&mut other_grace).termination_grace_period_seconds = Some(30);
+        let again = plan(rendered(""), Some("u1"), &other_grace).unwrap();
+        assert!(matches!(again.deployment, Step::Apply(_)), "{again:?}");
+    }
+
+    #[test]
+    fn what_others_add_and_zero_values_the_server_omits_are_no_drift() {
+        let first = plan(rendered(""), Some("u1"), &Existing::default()).unwrap();
+        let mut existing = existing_after(&first);
+        let pod = pod_of(&mut existing);
+        // Another field manager's env var, and reordered volumes.
+        pod.containers[0].env.get_or_insert_default().insert(
+            0,
+            k8s_openapi::api::core::v1::EnvVar {
+                name: "EXTRA".to_owned(),
+                value: Some("1".to_owned()),
+                ..Default::default()
+            },
+        );
+        pod.volumes.get_or_insert_default().reverse();
+        let again = plan(rendered(""), Some("u1"), &existing).unwrap();
+        assert!(!again.writes(), "{again:?}");
+
+        let desired = serde_json::json!({"readOnly": false, "items": [], "port": 0, "name": "x"});
+        assert!(covers(
+            &serde_json::json!({"name": "x", "more": 1}),
+            &desired
+        ));
+        assert!(!covers(&serde_json::json!({"name": "y"}), &desired));
+        assert!(!covers(
+            &serde_json::json!({"list": [{"name": "a"}]}),
+            &serde_json::json!({"list": [{"name": "a"}, {"name": "b"}]})
+        ));
     }
 
     #[test]
