@@ -49,6 +49,11 @@ struct ServeArgs {
     /// The served model name.
     #[arg(long, default_value = "quiesce-sim")]
     model: String,
+    /// This instance's name, sent with every answer in the
+    /// x-quiesce-instance header. Default: the host name, which in
+    /// Kubernetes is the pod's name.
+    #[arg(long)]
+    instance: Option<String>,
     /// Model load time in seconds: /health answers 503 until then.
     #[arg(long, value_parser = parse_seconds, default_value = "2")]
     startup_seconds: Duration,
@@ -145,6 +150,13 @@ fn main() -> ExitCode {
     }
 }
 
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_default()
+}
+
 fn serve(args: ServeArgs) -> ExitCode {
     init_logging(args.log_format);
     let program = match std::env::current_exe() {
@@ -166,6 +178,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let config = EngineConfig {
         listen: args.listen,
         model: args.model,
+        instance: args.instance.unwrap_or_else(host_name),
         startup: args.startup_seconds,
         token_interval: args.token_interval_ms,
         prefill_per_token: args.prefill_ms_per_token,

@@ -14,6 +14,10 @@ pub struct EngineConfig {
     pub listen: SocketAddr,
     /// The served model name (`/v1/models`, the `model` of responses).
     pub model: String,
+    /// This instance's name, sent with every answer in
+    /// [`INSTANCE_HEADER`](super::openai::INSTANCE_HEADER): behind a
+    /// Service, it tells a client which pod answered.
+    pub instance: String,
     /// Model load time: `/health` answers 503 until it has passed (in every
     /// worker, when there are workers).
     pub startup: Duration,

@@ -16,6 +16,9 @@ pub const DEFAULT_MAX_TOKENS: u32 = 16;
 /// The event that ends every stream.
 pub const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
 
+/// Response header naming the engine instance that answered.
+pub const INSTANCE_HEADER: &str = "x-quiesce-instance";
+
 /// The `Retry-After` value (seconds) sent with a rejection: another replica
 /// can take the request at once.
 pub const RETRY_AFTER_SECONDS: u32 = 1;

@@ -30,7 +30,8 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::config::EngineConfig;
 use super::openai::{
-    ApiError, Endpoint, GenerationRequest, Limits, ResponseMeta, SSE_DONE, parse_request,
+    ApiError, Endpoint, GenerationRequest, INSTANCE_HEADER, Limits, ResponseMeta, SSE_DONE,
+    parse_request,
 };
 use super::tokens::{prompt_seed, prompt_tokens, token_id, token_text};
 use super::workers::WorkerPool;
@@ -118,6 +119,10 @@ impl Engine {
             .route("/health", get(health))
             .route("/metrics", get(metrics))
             .fallback(no_route)
+            .layer(axum::middleware::map_response_with_state(
+                self.clone(),
+                name_instance,
+            ))
             .with_state(self.clone())
     }
 
@@ -504,6 +509,14 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
+    response
+}
+
+/// Behind a Service, a client learns from this header which pod answered.
+async fn name_instance(State(engine): State<Arc<Engine>>, mut response: Response) -> Response {
+    if let Ok(name) = HeaderValue::from_str(&engine.config.instance) {
+        response.headers_mut().insert(INSTANCE_HEADER, name);
+    }
     response
 }
 
