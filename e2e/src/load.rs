@@ -17,12 +17,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hyper::HeaderMap;
+use hyper::header::RETRY_AFTER;
+use quiesce_engine::sim::openai::INSTANCE_HEADER;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::balancer::{ATTEMPTS_HEADER, POD_HEADER, PROXY_ERROR_HEADER};
-use crate::client::{self, Classified, Completion};
+use crate::client::{self, Classified, Completion, Finished};
 
 /// A class of request lengths: `weight` parts of the mix ask for a number
 /// of tokens drawn uniformly in `min..=max`.
@@ -166,6 +169,10 @@ pub struct LoadConfig {
     pub lengths: LengthMix,
     /// Seed of lengths and arrival times.
     pub seed: u64,
+    /// How many times a request refused with a retryable 503 is sent again
+    /// by the client itself, after the `Retry-After` delay, as client
+    /// libraries do. 0 where a balancer retries on another pod.
+    pub retries: u32,
 }
 
 /// One request, as the client saw it.
@@ -181,9 +188,10 @@ pub struct RequestRecord {
     pub ended: Instant,
     /// How it ended.
     pub outcome: Classified,
-    /// The pod that served it (the last one tried), per the balancer.
+    /// The pod that served it (the last one tried), per the balancer or
+    /// the engine itself.
     pub pod: Option<String>,
-    /// Pods tried.
+    /// Times it was sent, by the client and the balancer together.
     pub attempts: u32,
     /// The balancer's error, if the balancer answered itself.
     pub proxy_error: Option<String>,
@@ -262,10 +270,14 @@ pub struct Load {
 
 struct Sender {
     target: SocketAddr,
+    retries: u32,
     records: Arc<Mutex<Vec<RequestRecord>>>,
     in_flight: Arc<AtomicUsize>,
     next_id: AtomicU64,
 }
+
+/// The longest `Retry-After` the client honours.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 impl Sender {
     async fn send(&self, max_tokens: u32) {
@@ -276,7 +288,24 @@ impl Sender {
             stream: true,
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let (finished, headers) = client::complete_with_headers(self.target, &completion).await;
+        let mut sent = 0;
+        let mut started = None;
+        let (finished, headers) = loop {
+            let (finished, headers) = client::complete_with_headers(self.target, &completion).await;
+            sent += 1;
+            let started = *started.get_or_insert(finished.started);
+            let retry = finished.outcome == Classified::Rejected && sent <= self.retries;
+            if !retry {
+                break (
+                    Finished {
+                        started,
+                        ..finished
+                    },
+                    headers,
+                );
+            }
+            tokio::time::sleep(retry_after(headers.as_ref())).await;
+        };
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let header = |name: &str| {
             headers
@@ -285,20 +314,28 @@ impl Sender {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
+        let balancer_attempts: u32 = header(ATTEMPTS_HEADER)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1);
         let record = RequestRecord {
             id,
             max_tokens,
             started: finished.started,
             ended: finished.ended,
             outcome: finished.outcome,
-            pod: header(POD_HEADER),
-            attempts: header(ATTEMPTS_HEADER)
-                .and_then(|a| a.parse().ok())
-                .unwrap_or(0),
+            pod: header(POD_HEADER).or_else(|| header(INSTANCE_HEADER)),
+            attempts: sent - 1 + balancer_attempts,
             proxy_error: header(PROXY_ERROR_HEADER),
         };
         self.records.lock().expect("records lock").push(record);
     }
+}
+
+fn retry_after(headers: Option<&HeaderMap>) -> Duration {
+    headers
+        .and_then(|h| h.get(RETRY_AFTER)?.to_str().ok()?.parse().ok())
+        .map_or(Duration::from_millis(500), Duration::from_secs)
+        .min(MAX_RETRY_AFTER)
 }
 
 impl Load {
@@ -310,6 +347,7 @@ impl Load {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let sender = Arc::new(Sender {
             target,
+            retries: config.retries,
             records: Arc::clone(&records),
             in_flight: Arc::clone(&in_flight),
             next_id: AtomicU64::new(0),

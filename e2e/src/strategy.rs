@@ -144,6 +144,7 @@ impl Default for Scenario {
                 concurrency: 64,
                 lengths: DEFAULT_LENGTHS.parse().expect("the default mix parses"),
                 seed: 1,
+                retries: 0,
             },
             time_scale: 0.2,
             recipe: FixedSleepRecipe::default(),

@@ -32,6 +32,7 @@ fn scenario(replicas: usize, lengths: &str, rate: f64) -> Scenario {
             concurrency: 32,
             lengths: lengths.parse().expect("a valid mix"),
             seed: 7,
+            retries: 0,
         },
         ..Scenario::default()
     }

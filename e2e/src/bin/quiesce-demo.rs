@@ -154,6 +154,7 @@ impl Cli {
                 concurrency: self.concurrency as usize,
                 lengths: self.lengths.clone(),
                 seed: self.seed,
+                retries: 0,
             },
             time_scale: positive("time-scale", self.time_scale)?,
             recipe: FixedSleepRecipe {
