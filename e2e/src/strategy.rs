@@ -438,7 +438,7 @@ mod tests {
             (ready.path.as_str(), ready.address.port()),
             ("/ready", 50002)
         );
-        assert_eq!(ready.period, Duration::from_secs(2));
+        assert_eq!(ready.period, Duration::from_secs(1));
     }
 
     #[test]
