@@ -8,10 +8,14 @@
 //! [`rollout`] (the Deployment controller's rolling update),
 //! [`strategy`] (the three pod templates), [`comparison`] (running them),
 //! [`report`] (the table and JSON) and [`timeline`] (the picture).
+//!
+//! The cluster suite (`quiesce-cluster`, docs/e2e.md) is [`cluster`]: the
+//! same engine, load and yardsticks on a real Kubernetes.
 
 pub mod balancer;
 pub mod bins;
 pub mod client;
+pub mod cluster;
 pub mod comparison;
 pub mod load;
 pub mod pair;
