@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use quiesce_engine::DrainRequest;
 use quiesce_engine::sim::config::{EngineConfig, parse_millis, parse_seconds};
 use quiesce_engine::sim::lifecycle;
+use quiesce_engine::sim::personality::{Personality, StockConfig};
 use quiesce_engine::sim::workers::{self, WorkerArgs, WorkerSpec};
 use tracing_subscriber::EnvFilter;
 
@@ -94,6 +95,57 @@ struct ServeArgs {
     /// Log format on stderr (filter with RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// The stock engine to play to the sidecar's HTTP adapters: its health,
+    /// metrics and load endpoints, and what SIGTERM does (docs/engine.md).
+    #[arg(long, value_enum, default_value_t = PersonalityArg::Quiesce)]
+    personality: PersonalityArg,
+    /// Answer /health this many milliseconds late, as an engine under load
+    /// does (stock personalities).
+    #[arg(long, value_parser = parse_millis, default_value = "0")]
+    health_delay_ms: Duration,
+    /// vLLM: count the HTTP requests in flight on /load.
+    #[arg(long)]
+    enable_server_load_tracking: bool,
+    /// vLLM: no scheduler gauges on /metrics.
+    #[arg(long)]
+    disable_log_stats: bool,
+    /// vLLM: stay up answering /health with 503 when the engine dies.
+    #[arg(long, env = "VLLM_KEEP_ALIVE_ON_ENGINE_DEATH",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    keep_alive_on_engine_death: bool,
+    /// SGLang: serve /metrics.
+    #[arg(long)]
+    enable_metrics: bool,
+    /// SGLang: /health generates a token and answers after a second.
+    #[arg(long, env = "SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new(), default_value = "true")]
+    health_generation: bool,
+    /// SGLang: decode steps between two refreshes of its gauges.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
+    decode_log_interval: u32,
+    /// TensorRT-LLM: serve /prometheus/metrics (its return_perf_metrics and
+    /// enable_iter_perf_stats options).
+    #[arg(long)]
+    return_perf_metrics: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PersonalityArg {
+    Quiesce,
+    Vllm,
+    Sglang,
+    Trtllm,
+}
+
+impl From<PersonalityArg> for Personality {
+    fn from(arg: PersonalityArg) -> Self {
+        match arg {
+            PersonalityArg::Quiesce => Self::Quiesce,
+            PersonalityArg::Vllm => Self::Vllm,
+            PersonalityArg::Sglang => Self::Sglang,
+            PersonalityArg::Trtllm => Self::Trtllm,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -175,6 +227,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         ],
         load: args.startup_seconds,
     };
+    let personality = Personality::from(args.personality);
     let config = EngineConfig {
         listen: args.listen,
         model: args.model,
@@ -188,10 +241,21 @@ fn serve(args: ServeArgs) -> ExitCode {
         max_body_bytes: args.max_body_bytes as usize,
         local_drain: DrainRequest {
             propagation: args.propagation_seconds,
-            timeout: args.shutdown_timeout,
+            timeout: personality.sigterm_timeout(args.shutdown_timeout),
             abort_grace: args.abort_grace_seconds,
         },
         kv_transfer: args.kv_transfer_ms,
+        stock: StockConfig {
+            personality,
+            health_delay: args.health_delay_ms,
+            vllm_server_load_tracking: args.enable_server_load_tracking,
+            vllm_log_stats: !args.disable_log_stats,
+            vllm_keep_alive_on_engine_death: args.keep_alive_on_engine_death,
+            sglang_metrics: args.enable_metrics,
+            sglang_health_generation: args.health_generation,
+            sglang_decode_log_interval: args.decode_log_interval,
+            trtllm_perf_metrics: args.return_perf_metrics,
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use quiesce_protocol::DrainRequest;
 
+use super::personality::StockConfig;
+
 /// Everything the simulated engine needs to run.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -38,6 +40,9 @@ pub struct EngineConfig {
     /// How long each completed request keeps a KV transfer pending (0: no
     /// KV transfers).
     pub kv_transfer: Duration,
+    /// Which stock engine it plays to the sidecar's HTTP adapters, and that
+    /// engine's switches.
+    pub stock: StockConfig,
 }
 
 /// Parses a non-negative number of seconds, fractions allowed (`0.2`).

@@ -112,16 +112,18 @@ pub async fn run(config: EngineConfig, worker: WorkerSpec) -> Exit {
         None
     };
     let worker_lost = Arc::new(AtomicBool::new(false));
+    let stay_up = config.stock.personality.stays_up_when_dead(&config.stock);
     tokio::spawn(supervise(
         lost_rx,
         shutdown.clone(),
         config.local_drain.abort_grace,
         worker_lost.clone(),
+        stay_up,
     ));
 
     let connection_grace = config.local_drain.abort_grace.max(MIN_CONNECTION_GRACE);
     let startup = config.startup;
-    let engine = Engine::new(config, shutdown.clone(), pool.clone());
+    let engine = Engine::new(config, shutdown.clone(), pool.clone(), worker_lost.clone());
     let stop_http = CancellationToken::new();
     let server = axum::serve(
         listener.tap_io(|tcp| {
@@ -181,12 +183,14 @@ pub async fn run(config: EngineConfig, worker: WorkerSpec) -> Exit {
 /// Turns the first lost worker into an abort of everything and an exit:
 /// the engine cannot generate without all its workers (like a
 /// tensor-parallel group), and the parent, not the worker, decides what
-/// happens to the requests.
+/// happens to the requests. With `stay_up` (a stock engine that outlives its
+/// engine core) the server stays up instead, dead, until a signal.
 async fn supervise(
     mut lost: mpsc::UnboundedReceiver<WorkerLost>,
     shutdown: Shutdown,
     grace: Duration,
     worker_lost: Arc<AtomicBool>,
+    stay_up: bool,
 ) {
     while let Some(event) = lost.recv().await {
         if worker_lost.swap(true, Ordering::AcqRel) {
@@ -197,13 +201,22 @@ async fn supervise(
             );
             continue;
         }
-        tracing::error!(
-            worker = event.index,
-            pid = event.pid,
-            reason = event.reason,
-            "lost a worker: aborting every request and exiting"
-        );
-        shutdown.request_exit();
+        if stay_up {
+            tracing::error!(
+                worker = event.index,
+                pid = event.pid,
+                reason = event.reason,
+                "lost a worker: aborting every request; staying up, dead"
+            );
+        } else {
+            tracing::error!(
+                worker = event.index,
+                pid = event.pid,
+                reason = event.reason,
+                "lost a worker: aborting every request and exiting"
+            );
+            shutdown.request_exit();
+        }
         shutdown.abort(grace);
     }
 }

@@ -15,12 +15,14 @@
 //! | [`verify`] | client-side checks of responses and streams (pure) |
 //! | [`config`] | the engine's settings |
 //! | [`server`] | HTTP routes and the paced generation loop |
+//! | [`personality`] | the health, metrics and load endpoints of vLLM, SGLang and TensorRT-LLM |
 //! | [`workers`] | worker processes: the pool and the worker's own loop |
 //! | [`lifecycle`] | start-up, drain, teardown, exit code |
 
 pub mod config;
 pub mod lifecycle;
 pub mod openai;
+pub mod personality;
 pub mod server;
 pub mod tokens;
 pub mod verify;

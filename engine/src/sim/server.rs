@@ -9,12 +9,14 @@
 //! when hyper has taken the body's last byte, so the engine cannot report
 //! `stopped` (and exit) while an answer is still on its way.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 use std::time::{Instant, SystemTime};
 
 use axum::Router;
@@ -33,6 +35,7 @@ use super::openai::{
     ApiError, Endpoint, GenerationRequest, INSTANCE_HEADER, Limits, ResponseMeta, SSE_DONE,
     parse_request,
 };
+use super::personality::{self, LaggingGauges, Personality, SGLANG_HEALTH_GENERATION_WAIT, Work};
 use super::tokens::{prompt_seed, prompt_tokens, token_id, token_text};
 use super::workers::WorkerPool;
 use crate::{Phase, Rejected, RequestGuard, Shutdown};
@@ -62,7 +65,22 @@ pub struct Engine {
     workers: Option<Arc<WorkerPool>>,
     stats: Stats,
     next_id: AtomicU64,
+    /// Set when the engine died (a worker was lost) and the server stays up.
+    dead: Arc<AtomicBool>,
+    /// SGLang's and TensorRT-LLM's gauges, refreshed now and then.
+    gauges: LaggingGauges,
+    /// TensorRT-LLM's iteration statistics, until a `/metrics` read takes them.
+    iteration_stats: Mutex<VecDeque<serde_json::Value>>,
+    /// HTTP requests served, by path, for `/sim/stats`.
+    requests: Mutex<BTreeMap<String, u64>>,
 }
+
+/// The most iteration statistics TensorRT-LLM's JSON `/metrics` keeps here
+/// (its own queue is unbounded).
+const MAX_ITERATION_STATS: usize = 1000;
+/// How often TensorRT-LLM's worker queues iteration statistics
+/// (`_iteration_result_task`: `time.sleep(0.2)`).
+const TRTLLM_STATS_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Why a request was aborted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,16 +108,20 @@ enum Ending {
 
 impl Engine {
     /// The engine's HTTP state. `workers` computes the tokens when present.
+    /// `dead` is set when the engine dies and the server stays up (see
+    /// [`Personality::stays_up_when_dead`]). Must be called inside a Tokio
+    /// runtime: the stock personalities keep their statistics in tasks.
     pub fn new(
         config: EngineConfig,
         shutdown: Shutdown,
         workers: Option<Arc<WorkerPool>>,
+        dead: Arc<AtomicBool>,
     ) -> Arc<Self> {
         let limits = Limits {
             model: config.model.clone(),
             max_tokens: config.max_tokens_limit,
         };
-        Arc::new(Self {
+        let engine = Arc::new(Self {
             slots: Arc::new(Semaphore::new(config.max_concurrency)),
             limits,
             config,
@@ -107,23 +129,81 @@ impl Engine {
             workers,
             stats: Stats::default(),
             next_id: AtomicU64::new(1),
-        })
+            dead,
+            gauges: LaggingGauges::new(Work::default()),
+            iteration_stats: Mutex::new(VecDeque::new()),
+            requests: Mutex::new(BTreeMap::new()),
+        });
+        match engine.config.stock.personality {
+            Personality::Sglang => {
+                tokio::spawn(sglang_scheduler_ticks(Arc::downgrade(&engine)));
+            }
+            Personality::Trtllm => {
+                tokio::spawn(trtllm_iteration_stats(Arc::downgrade(&engine)));
+            }
+            Personality::Quiesce | Personality::Vllm => {}
+        }
+        engine
     }
 
-    /// The routes.
+    /// The routes of the engine it plays.
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
+        let stock = &self.config.stock;
+        let routes = Router::new()
             .route("/v1/completions", post(completions))
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/models", get(models))
-            .route("/health", get(health))
-            .route("/metrics", get(metrics))
+            .route("/sim/stats", get(sim_stats));
+        let routes = match stock.personality {
+            Personality::Quiesce => routes
+                .route("/health", get(health))
+                .route("/metrics", get(metrics)),
+            Personality::Vllm => routes
+                .route("/health", get(stock_health))
+                .route("/metrics", get(vllm_metrics))
+                .route("/load", get(vllm_load)),
+            Personality::Sglang => {
+                let routes = routes
+                    .route("/health", get(stock_health))
+                    .route("/health_generate", get(stock_health))
+                    .route("/v1/loads", get(sglang_loads))
+                    .route("/get_load", get(sglang_get_load));
+                if stock.sglang_metrics {
+                    routes.route("/metrics", get(sglang_metrics))
+                } else {
+                    routes
+                }
+            }
+            Personality::Trtllm => {
+                let routes = routes
+                    .route("/health", get(stock_health))
+                    .route("/metrics", get(trtllm_json_metrics));
+                if stock.trtllm_perf_metrics {
+                    routes.route("/prometheus/metrics", get(trtllm_metrics))
+                } else {
+                    routes
+                }
+            }
+        };
+        routes
             .fallback(no_route)
-            .layer(axum::middleware::map_response_with_state(
+            .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
-                name_instance,
+                count_and_name,
             ))
             .with_state(self.clone())
+    }
+
+    /// The engine's work now.
+    pub fn work(&self) -> Work {
+        let status = self.shutdown.status();
+        let free = self.slots.available_permits();
+        Work {
+            generating: (self.config.max_concurrency.saturating_sub(free)) as u32,
+            queued: status.queued,
+            unsent: status.in_flight + status.queued,
+            kv_transfers: status.kv_transfers,
+        }
     }
 
     fn meta(&self, endpoint: Endpoint) -> ResponseMeta {
@@ -278,6 +358,7 @@ impl Engine {
 
     fn finish_completed(&self, id: &str) {
         count(&self.stats.completed);
+        self.refresh_on_finish();
         tracing::debug!(id, "request completed");
         // Registered before the request's guard is dropped, so that the
         // drain never sees a moment with neither.
@@ -286,7 +367,15 @@ impl Engine {
 
     fn finish_aborted(&self, id: &str, generated: u32, cause: AbortCause) {
         count(&self.stats.aborted);
+        self.refresh_on_finish();
         tracing::debug!(id, generated, cause = cause.describe(), "request aborted");
+    }
+
+    /// TensorRT-LLM refreshes its gauges when a request finishes.
+    fn refresh_on_finish(&self) {
+        if self.config.stock.personality == Personality::Trtllm {
+            self.gauges.refresh(self.work());
+        }
     }
 
     /// Holds a pending KV transfer for `--kv-transfer-ms`, as a prefill
@@ -335,6 +424,10 @@ impl Engine {
             },
         };
         guard.start();
+        if self.config.stock.personality == Personality::Sglang {
+            // SGLang logs its stats once per prefill batch.
+            self.gauges.refresh(self.work());
+        }
         let seed = prompt_seed(&request.prompt);
         let prefill = self
             .config
@@ -512,12 +605,168 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
     response
 }
 
-/// Behind a Service, a client learns from this header which pod answered.
-async fn name_instance(State(engine): State<Arc<Engine>>, mut response: Response) -> Response {
+/// Counts the request for `/sim/stats`, and names the instance in the
+/// answer: behind a Service, a client learns which pod answered.
+async fn count_and_name(
+    State(engine): State<Arc<Engine>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path().to_owned();
+    *engine
+        .requests
+        .lock()
+        .expect("requests lock")
+        .entry(path)
+        .or_default() += 1;
+    let mut response = next.run(request).await;
     if let Ok(name) = HeaderValue::from_str(&engine.config.instance) {
         response.headers_mut().insert(INSTANCE_HEADER, name);
     }
     response
+}
+
+/// `GET /sim/stats`: the HTTP requests the engine served, by path; the
+/// polling cost of whatever watches it.
+async fn sim_stats(State(engine): State<Arc<Engine>>) -> Response {
+    let requests = engine.requests.lock().expect("requests lock").clone();
+    let body = serde_json::json!({ "requests": requests });
+    json_response(StatusCode::OK, body.to_string().into_bytes())
+}
+
+/// `/health` of the stock personalities:
+///
+/// - 503 while loading (vLLM and TensorRT-LLM do not listen yet; SGLang
+///   answers 503 until its warm-up passed);
+/// - 503 once the engine died (vLLM with `VLLM_KEEP_ALIVE_ON_ENGINE_DEATH`,
+///   TensorRT-LLM);
+/// - while draining: 200 for vLLM, whose drain marks nothing dead
+///   (`AsyncLLM.check_health` raises only on `EngineDeadError`) and for
+///   TensorRT-LLM; 503 for SGLang (`gracefully_exit`);
+/// - SGLang, unless `SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION=false`,
+///   generates a token and answers after at least a second
+///   (`health_generate`);
+/// - every answer `--health-delay-ms` late: an engine under load.
+async fn stock_health(State(engine): State<Arc<Engine>>) -> Response {
+    let stock = &engine.config.stock;
+    let mut delay = stock.health_delay;
+    let phase = engine.shutdown.phase();
+    let sglang = stock.personality == Personality::Sglang;
+    let healthy = match phase {
+        _ if engine.dead.load(Ordering::Acquire) => false,
+        Phase::Starting => false,
+        Phase::Ready => true,
+        Phase::Draining | Phase::Aborting | Phase::Stopped => !sglang,
+    };
+    if sglang && healthy && stock.sglang_health_generation {
+        delay += SGLANG_HEALTH_GENERATION_WAIT;
+    }
+    tokio::time::sleep(delay).await;
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Response::builder()
+        .status(status)
+        .body(Body::empty())
+        .unwrap_or_default()
+}
+
+fn text_response(page: String) -> Response {
+    let mut response = Response::new(Body::from(page));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+async fn vllm_metrics(State(engine): State<Arc<Engine>>) -> Response {
+    let stock = &engine.config.stock;
+    text_response(personality::vllm_metrics(
+        &escape_label(&engine.config.model),
+        engine.work(),
+        stock.vllm_log_stats,
+    ))
+}
+
+async fn vllm_load(State(engine): State<Arc<Engine>>) -> Response {
+    let tracking = engine.config.stock.vllm_server_load_tracking;
+    let body = personality::vllm_load(engine.work(), tracking);
+    json_response(StatusCode::OK, body.into_bytes())
+}
+
+async fn sglang_metrics(State(engine): State<Arc<Engine>>) -> Response {
+    let model = escape_label(&engine.config.model);
+    text_response(personality::sglang_metrics(&model, engine.gauges.shown()))
+}
+
+async fn sglang_loads(State(engine): State<Arc<Engine>>) -> Response {
+    let body = personality::sglang_loads(engine.work(), engine.config.max_concurrency);
+    json_response(StatusCode::OK, body.into_bytes())
+}
+
+async fn sglang_get_load(State(engine): State<Arc<Engine>>) -> Response {
+    let body = personality::sglang_get_load(engine.work());
+    json_response(StatusCode::OK, body.into_bytes())
+}
+
+async fn trtllm_metrics(State(engine): State<Arc<Engine>>) -> Response {
+    text_response(personality::trtllm_metrics(engine.gauges.shown()))
+}
+
+/// TensorRT-LLM's JSON `/metrics`: hands out the queued iteration
+/// statistics and forgets them.
+async fn trtllm_json_metrics(State(engine): State<Arc<Engine>>) -> Response {
+    let taken: Vec<serde_json::Value> = engine
+        .iteration_stats
+        .lock()
+        .expect("stats lock")
+        .drain(..)
+        .collect();
+    json_response(
+        StatusCode::OK,
+        serde_json::Value::from(taken).to_string().into_bytes(),
+    )
+}
+
+/// SGLang's scheduler loop as its gauges see it: a decode step per token
+/// interval while requests generate, an idle check otherwise.
+async fn sglang_scheduler_ticks(engine: Weak<Engine>) {
+    loop {
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        let interval = engine.config.token_interval.max(Duration::from_millis(1));
+        let decode_log_interval = engine.config.stock.sglang_decode_log_interval;
+        engine
+            .gauges
+            .sglang_tick(engine.work(), decode_log_interval);
+        drop(engine);
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// TensorRT-LLM's worker queueing iteration statistics while it iterates.
+async fn trtllm_iteration_stats(engine: Weak<Engine>) {
+    let mut iteration = 0;
+    loop {
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        let work = engine.work();
+        if work.generating > 0 {
+            iteration += 1;
+            let mut queue = engine.iteration_stats.lock().expect("stats lock");
+            queue.push_back(personality::trtllm_iteration_stats(iteration, work));
+            if queue.len() > MAX_ITERATION_STATS {
+                queue.pop_front();
+            }
+        }
+        drop(engine);
+        tokio::time::sleep(TRTLLM_STATS_INTERVAL).await;
+    }
 }
 
 async fn no_route(method: Method, uri: Uri) -> Response {
