@@ -23,5 +23,6 @@ pub mod pod;
 pub mod process;
 pub mod report;
 pub mod rollout;
+pub mod stock_pod;
 pub mod strategy;
 pub mod timeline;

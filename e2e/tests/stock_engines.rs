@@ -1,141 +1,305 @@
-//! A stock engine that does not speak the protocol (the simulated engine
-//! standing in for vLLM, without QUIESCE_SOCKET), followed by the sidecar's
-//! vllm adapter over HTTP: readiness from /health, in-flight work from
-//! vllm:num_requests_running and vllm:num_requests_waiting.
+//! Each HTTP adapter of the sidecar (`--adapter vllm|sglang|trtllm`) against
+//! the simulated engine playing that engine (`--personality`), as real
+//! processes: the engine does not speak the drain protocol, and the sidecar
+//! follows it over its own health, metrics and load endpoints, with the
+//! semantics and freshness that engine's source gives them (docs/engine.md).
+//!
+//! For every adapter:
+//! - a request that starts less than one poll interval before the drain is
+//!   not lost: the pod's whole stop (preStop drain, then SIGTERM) completes it;
+//! - `/live` never fails for a healthy engine whose `/health` is slow;
+//! - when the engine's work cannot be seen, the drain waits for its timeout,
+//!   and the sidecar says so in `/status`, a metric and its log;
+//! - a dead engine makes `/live` fail, so that the kubelet restarts it.
 
-use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use quiesce_e2e::bins;
-use quiesce_e2e::client::{Classified, Completion, complete};
-use quiesce_e2e::pair::{
-    PROMPT, drain_client, spawn_engine, spawn_sidecar, status_json, wait_for_status,
-};
-use quiesce_e2e::process::Process;
+use quiesce_e2e::client::{Classified, get_status};
+use quiesce_e2e::pair::{PROMPT, status_json};
+use quiesce_e2e::stock_pod::{Flavor, SGLANG, StockPod, TRTLLM, VLLM, get_text};
 
-struct StockPod {
-    sidecar: Process,
-    engine: Process,
-    sidecar_http: SocketAddr,
-    engine_http: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl StockPod {
-    /// `shutdown_timeout`: the engine's own drain after SIGTERM, which the
-    /// operator sets to the abort grace for vLLM.
-    async fn start(shutdown_timeout: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut engine = Command::new(bins::engine());
-        engine.env_remove("QUIESCE_SOCKET");
-        let args = ["--workers", "1", "--shutdown-timeout", shutdown_timeout];
-        let (engine, engine_http) = spawn_engine(engine, &args).await;
-        let url = format!("http://{engine_http}");
-        let socket = dir.path().join("quiesce.sock");
-        let stock = ["--adapter", "vllm", "--engine-url", &url];
-        let (sidecar, sidecar_http) =
-            spawn_sidecar(Command::new(bins::sidecar()), &socket, &stock).await;
-        let pod = Self {
-            sidecar,
-            engine,
-            sidecar_http,
-            engine_http,
-            dir,
-        };
-        pod.wait_ready(200).await;
-        pod
-    }
-
-    async fn wait_ready(&self, status: u16) {
-        wait_for_status(self.sidecar_http, "/ready", status, || self.sidecar.logs()).await;
-    }
-
-    fn drain_client(&self, propagation: f64, timeout: f64, grace: f64) -> Process {
-        drain_client(
-            &self.dir.path().join("quiesce.sock"),
-            propagation,
-            timeout,
-            grace,
-        )
-    }
-
-    fn stream(&self, tokens: u32) -> tokio::task::JoinHandle<quiesce_e2e::client::Finished> {
-        let addr = self.engine_http;
-        let completion = Completion {
-            prompt: format!("stock {tokens}"),
-            max_tokens: tokens,
-            stream: true,
-        };
-        tokio::spawn(async move { complete(addr, &completion).await })
-    }
-
-    async fn wait_running(&self, running: u64) {
-        let deadline = Instant::now() + PROMPT;
-        while status_json(self.sidecar_http).await["in_flight"].as_u64() != Some(running) {
-            assert!(
-                Instant::now() < deadline,
-                "the sidecar never saw {running} running"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// The kubelet after the preStop hook: SIGTERM to the engine, then the sidecar.
-    async fn stop(mut self) {
-        self.engine.signal(Signal::SIGTERM);
-        assert_eq!(
-            self.engine.wait(PROMPT).await.and_then(|s| s.code()),
-            Some(0),
-            "{}",
-            self.engine.logs()
+/// A request the engine has received (its own count says so) before the
+/// drain starts with no propagation delay: the sidecar's last look is older
+/// than the request. The pod's whole stop completes it; vLLM and SGLang
+/// keep the drain open until it is done, TensorRT-LLM (whose gauges move
+/// only when a request finishes) may end the drain first, and its own
+/// SIGTERM handling, which waits for every request, completes it.
+async fn a_request_just_before_the_drain_is_not_lost(flavor: Flavor, drain_waits: bool) {
+    let pod = StockPod::start(flavor, &[], &[]).await;
+    // 150 tokens at 10 ms: 1.5 s.
+    let tokens = 150;
+    let stream = pod.stream(tokens);
+    let deadline = Instant::now() + PROMPT;
+    while pod.engine_requests("/v1/completions").await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the engine"
         );
-        self.sidecar.signal(Signal::SIGTERM);
-        assert_eq!(
-            self.sidecar.wait(PROMPT).await.and_then(|s| s.code()),
-            Some(0),
-            "{}",
-            self.sidecar.logs()
-        );
-        assert!(self.engine.survivors().is_empty() && self.sidecar.survivors().is_empty());
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    let mut client = pod.drain_client(0.0, 30.0, 2.0);
+    let drained = client.wait(PROMPT).await.expect("the drain client returns");
+    let drain_returned = Instant::now();
+    assert!(drained.success(), "{}", client.logs());
+    assert!(
+        client.logs().contains("drained after"),
+        "{}\n{}",
+        client.logs(),
+        pod.logs()
+    );
+    // The kubelet's SIGTERM follows the preStop hook.
+    let mut pod = pod;
+    pod.engine.signal(Signal::SIGTERM);
+    let finished = stream.await.unwrap();
+    assert_eq!(
+        finished.outcome,
+        Classified::Completed { tokens },
+        "{}",
+        pod.logs()
+    );
+    if drain_waits {
+        assert!(
+            drain_returned >= finished.ended,
+            "the drain returned {:?} before the request ended",
+            finished.ended.saturating_duration_since(drain_returned)
+        );
+        // A few looks of lag, plus a loaded machine.
+        let lag = drain_returned.duration_since(finished.ended);
+        assert!(
+            lag < Duration::from_secs(3),
+            "returned {lag:?} after the request"
+        );
+    }
+    assert_eq!(
+        pod.engine.wait(PROMPT).await.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        pod.logs()
+    );
+    pod.sidecar.signal(Signal::SIGTERM);
+    assert_eq!(
+        pod.sidecar.wait(PROMPT).await.and_then(|s| s.code()),
+        Some(0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_drain_waits_for_the_metrics_to_reach_zero() {
-    let pod = StockPod::start("2").await;
-    let stream = pod.stream(150);
-    pod.wait_running(1).await;
-    let mut client = pod.drain_client(0.3, 30.0, 2.0);
-    pod.wait_ready(503).await;
-    let finished = stream.await.unwrap();
-    let status = client.wait(PROMPT).await.expect("the drain client returns");
-    let returned = Instant::now();
-    assert_eq!(finished.outcome, Classified::Completed { tokens: 150 });
-    assert!(status.success());
-    assert!(client.logs().contains("drained after"), "{}", client.logs());
-    // One poll interval of lag, plus a loaded machine.
-    let lag = returned.duration_since(finished.ended);
-    assert!(
-        lag < Duration::from_secs(3),
-        "returned {lag:?} after the last request"
-    );
+async fn vllm_a_request_just_before_the_drain_is_not_lost() {
+    a_request_just_before_the_drain_is_not_lost(VLLM, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sglang_a_request_just_before_the_drain_is_not_lost() {
+    a_request_just_before_the_drain_is_not_lost(SGLANG, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trtllm_a_request_just_before_the_drain_is_not_lost() {
+    a_request_just_before_the_drain_is_not_lost(TRTLLM, false).await;
+}
+
+/// `/live` and `/ready` stay 200 for 8 s (more than the sidecar's liveness
+/// window) while every `/health` takes well over the poll interval.
+async fn live_while_health_is_slow(flavor: Flavor, extra: &[&str], env: &[(&str, &str)]) {
+    let flavor = Flavor {
+        env: if env.is_empty() { flavor.env } else { &[] },
+        ..flavor
+    };
+    let pod = StockPod::start(flavor, extra, &[]).await;
+    let started = Instant::now();
+    let mut looks = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        let live = get_status(pod.sidecar_http, "/live", PROMPT).await;
+        let ready = get_status(pod.sidecar_http, "/ready", PROMPT).await;
+        assert_eq!(
+            (live, ready),
+            (Some(200), Some(200)),
+            "after {:?}:\n{}",
+            started.elapsed(),
+            pod.logs()
+        );
+        looks += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(looks > 20);
     pod.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_the_deadline_the_engines_own_timeout_aborts_explicitly() {
-    let pod = StockPod::start("1").await;
+async fn vllm_live_never_fails_for_a_slow_healthy_engine() {
+    live_while_health_is_slow(VLLM, &["--health-delay-ms", "1500"], &[]).await;
+}
+
+/// SGLang's own `/health`, generating a token, as stock images serve it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sglang_live_never_fails_for_its_slow_health() {
+    let default_env = [("SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION", "true")];
+    live_while_health_is_slow(SGLANG, &["--health-delay-ms", "500"], &default_env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trtllm_live_never_fails_for_a_slow_healthy_engine() {
+    live_while_health_is_slow(TRTLLM, &["--health-delay-ms", "1500"], &[]).await;
+}
+
+/// An idle engine whose work cannot be seen: the drain waits for its whole
+/// timeout, and the sidecar says why in `/status`, a metric and its log.
+async fn unknown_work_drains_to_the_timeout(flavor: Flavor, reason: &str) {
+    let pod = StockPod::start(flavor, &[], &[]).await;
+    let status = status_json(pod.sidecar_http).await;
+    assert_eq!(status["work_unknown"], reason, "{status}");
+    let metrics = get_text(pod.sidecar_http, "/metrics").await;
+    let series = format!("quiesce_engine_work_unknown{{reason=\"{reason}\"}} 1");
+    assert!(metrics.contains(&series), "{metrics}");
+    assert!(
+        pod.sidecar
+            .find_line("cannot see the engine's work")
+            .is_some(),
+        "{}",
+        pod.logs()
+    );
+    let started = Instant::now();
+    let mut client = pod.drain_client(0.0, 2.0, 1.0);
+    assert!(client.wait(PROMPT).await.expect("returns").success());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "an unseen engine drained in {took:?}"
+    );
+    assert!(client.logs().contains("aborted after"), "{}", client.logs());
+    pod.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vllm_without_log_stats_drains_to_the_timeout() {
+    let flavor = Flavor {
+        engine: &[
+            "--personality",
+            "vllm",
+            "--enable-server-load-tracking",
+            "--disable-log-stats",
+        ],
+        ..VLLM
+    };
+    unknown_work_drains_to_the_timeout(flavor, "gauge_missing").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sglang_without_metrics_drains_to_the_timeout() {
+    let flavor = Flavor {
+        engine: &["--personality", "sglang"],
+        ..SGLANG
+    };
+    unknown_work_drains_to_the_timeout(flavor, "metrics_unavailable").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trtllm_without_perf_metrics_drains_to_the_timeout() {
+    let flavor = Flavor {
+        engine: &["--personality", "trtllm"],
+        ..TRTLLM
+    };
+    unknown_work_drains_to_the_timeout(flavor, "metrics_unavailable").await;
+}
+
+/// Kills the engine's worker process (its engine core): the engine dies.
+/// `/live` must fail then, within the unhealthy grace (1 s here) and the
+/// liveness window, so that the kubelet restarts the container.
+async fn a_dead_engine_fails_live(flavor: Flavor, stays_up: bool) {
+    let pod = StockPod::start(flavor, &[], &["--unhealthy-grace-seconds", "1"]).await;
+    let line = pod.engine.find_line("worker started").expect("a worker");
+    let worker: i32 = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("pid=")?.parse().ok())
+        .expect("the worker's pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGKILL).unwrap();
+    let failed_after = pod.wait_until("/live", 503, Duration::from_secs(20)).await;
+    assert_eq!(
+        get_status(pod.sidecar_http, "/ready", PROMPT).await,
+        Some(503)
+    );
+    let mut pod = pod;
+    if stays_up {
+        assert!(
+            pod.engine.try_exit().is_none(),
+            "the engine stays up, dead:\n{}",
+            pod.logs()
+        );
+        assert_eq!(
+            get_status(pod.engine_http, "/health", PROMPT).await,
+            Some(503)
+        );
+        assert!(
+            pod.sidecar.find_line("it is dead, not draining").is_some(),
+            "{}",
+            pod.logs()
+        );
+    } else {
+        let code = pod.engine.wait(PROMPT).await.and_then(|s| s.code());
+        assert_eq!(code, Some(3), "the engine exits: a worker was lost");
+    }
+    assert!(failed_after < Duration::from_secs(20));
+    pod.engine.signal(Signal::SIGTERM);
+    pod.engine.wait(PROMPT).await.expect("the engine exits");
+    pod.sidecar.signal(Signal::SIGTERM);
+    assert_eq!(
+        pod.sidecar.wait(PROMPT).await.and_then(|s| s.code()),
+        Some(0)
+    );
+    assert!(pod.engine.survivors().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vllm_kept_alive_after_its_engine_died_is_restarted() {
+    let flavor = Flavor {
+        env: &[("VLLM_KEEP_ALIVE_ON_ENGINE_DEATH", "1")],
+        ..VLLM
+    };
+    a_dead_engine_fails_live(flavor, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sglang_whose_engine_died_is_restarted() {
+    a_dead_engine_fails_live(SGLANG, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trtllm_whose_executor_died_is_restarted() {
+    a_dead_engine_fails_live(TRTLLM, true).await;
+}
+
+/// TensorRT-LLM's JSON `/metrics` hands each statistic out once: the
+/// sidecar reads its Prometheus page and never that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trtllm_adapter_never_takes_the_engines_statistics() {
+    let pod = StockPod::start(TRTLLM, &[], &[]).await;
+    let stream = pod.stream(100);
+    assert!(matches!(
+        stream.await.unwrap().outcome,
+        Classified::Completed { .. }
+    ));
+    assert!(pod.engine_requests("/prometheus/metrics").await > 0);
+    assert_eq!(pod.engine_requests("/metrics").await, 0);
+    pod.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_deadline_vllms_own_timeout_aborts_explicitly() {
+    let pod = StockPod::start(VLLM, &[], &[]).await;
     // 2000 tokens at 10 ms: 20 s; the drain allows 0.5 s.
     let stream = pod.stream(2000);
-    pod.wait_running(1).await;
     let mut client = pod.drain_client(0.2, 0.5, 1.0);
-    let status = client.wait(PROMPT).await.expect("the drain client returns");
-    assert!(status.success());
+    assert!(
+        client
+            .wait(PROMPT)
+            .await
+            .expect("the drain client returns")
+            .success()
+    );
     assert!(client.logs().contains("aborted after"), "{}", client.logs());
-    // The kubelet's SIGTERM: vLLM-style, the engine aborts after its own
-    // --shutdown-timeout (the abort grace) with explicit abort chunks.
+    // The kubelet's SIGTERM: the engine aborts after its --shutdown-timeout
+    // (the abort grace) with explicit abort chunks.
     let mut pod = pod;
     pod.engine.signal(Signal::SIGTERM);
     let finished = stream.await.unwrap();
@@ -156,12 +320,11 @@ async fn at_the_deadline_the_engines_own_timeout_aborts_explicitly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stock_engine_that_dies_ends_the_drain_as_engine_lost() {
-    let mut pod = StockPod::start("30").await;
+async fn a_stock_engine_killed_mid_drain_ends_it_as_engine_lost() {
+    let mut pod = StockPod::start(VLLM, &[], &[]).await;
     let _stream = pod.stream(2000);
-    pod.wait_running(1).await;
     let mut client = pod.drain_client(0.0, 60.0, 5.0);
-    pod.wait_ready(503).await;
+    pod.wait_for("/ready", 503).await;
     pod.engine.signal(Signal::SIGKILL);
     assert!(client.wait(PROMPT).await.expect("returns").success());
     assert!(client.logs().contains("engine_lost"), "{}", client.logs());

@@ -53,16 +53,32 @@ pub struct Coordinator {
     pub metrics: Metrics,
     drain: watch::Sender<DrainState>,
     heartbeat_interval: Duration,
+    liveness_window: Duration,
 }
 
 impl Coordinator {
-    /// A coordinator whose engine must report at least every `heartbeat_interval`.
+    /// A coordinator whose engine must report at least every
+    /// `heartbeat_interval`: it is not live after
+    /// [`LIVENESS_MISSED_HEARTBEATS`] missed reports.
     pub fn new(heartbeat_interval: Duration) -> Arc<Self> {
+        Self::with_liveness_window(
+            heartbeat_interval,
+            heartbeat_interval * LIVENESS_MISSED_HEARTBEATS,
+        )
+    }
+
+    /// A coordinator whose engine is not live once it has not reported for
+    /// `liveness_window` (a stock engine's look may take seconds).
+    pub fn with_liveness_window(
+        heartbeat_interval: Duration,
+        liveness_window: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             engine: EngineHub::default(),
             metrics: Metrics::new(),
             drain: watch::Sender::new(DrainState::Idle),
             heartbeat_interval,
+            liveness_window,
         })
     }
 
@@ -72,7 +88,7 @@ impl Coordinator {
     }
 
     fn liveness_window(&self) -> Duration {
-        self.heartbeat_interval * LIVENESS_MISSED_HEARTBEATS
+        self.liveness_window
     }
 
     /// The drain state now.
@@ -281,6 +297,7 @@ impl Coordinator {
             last_seen_ms_ago: view
                 .last_seen
                 .map(|t| millis(now.saturating_duration_since(t))),
+            work_unknown: view.work_unknown.filter(|_| view.attached),
             drain,
         }
     }
@@ -309,6 +326,9 @@ pub struct Status {
     pub kv_transfers: u32,
     /// Milliseconds since the engine last reported.
     pub last_seen_ms_ago: Option<u64>,
+    /// Why the engine's work cannot be seen, when it cannot: a drain then
+    /// waits for its whole timeout.
+    pub work_unknown: Option<&'static str>,
     /// The drain, once requested.
     pub drain: Option<DrainStatus>,
 }
@@ -345,6 +365,9 @@ pub async fn observe(coordinator: Arc<Coordinator>) {
             view.phase(),
             (status.in_flight, status.queued, status.kv_transfers),
         );
+        coordinator
+            .metrics
+            .observe_visibility(view.work_unknown.filter(|_| view.attached));
         let ready = coordinator.readiness(Instant::now()).ok;
         if ready != was_ready {
             coordinator.metrics.readiness_changed(ready);

@@ -27,6 +27,9 @@ pub struct EngineView {
     /// from `status`, which holds only the latest report: an abort that
     /// ends between two looks at the view would otherwise go unseen.
     pub reported_aborting: bool,
+    /// Why the engine's work cannot be seen (a stock engine's missing
+    /// metrics), as a metric label; `None` when it can.
+    pub work_unknown: Option<&'static str>,
 }
 
 impl EngineView {
@@ -142,10 +145,17 @@ impl EngineAttachment<'_> {
     /// Records a status report, also a sign of life: watchers wake even when
     /// the status is unchanged, since liveness may have come back.
     pub fn report(&self, status: EngineStatus) {
+        self.report_blind(status, None);
+    }
+
+    /// [`EngineAttachment::report`] from an adapter that may not see all of
+    /// the engine's work: `work_unknown` says why not.
+    pub fn report_blind(&self, status: EngineStatus, work_unknown: Option<&'static str>) {
         self.hub.view.send_modify(|view| {
             view.last_seen = Some(Instant::now());
             view.status = Some(status);
             view.reported_aborting |= status.phase == Phase::Aborting;
+            view.work_unknown = work_unknown;
         });
     }
 }

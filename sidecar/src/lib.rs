@@ -6,6 +6,7 @@
 //! - [`coordinator`]: readiness, liveness and the drain;
 //! - [`socket`]: the socket, the native protocol adapter and the drain client's server side;
 //! - [`poller`]: the adapter for stock engines, observed over HTTP;
+//! - [`stock`]: what vLLM, SGLang and TensorRT-LLM expose of their work;
 //! - [`http`]: the read-only HTTP endpoints;
 //! - [`drain_client`]: `quiesce-sidecar drain`, the preStop hook;
 //! - [`install`]: the copy of this binary into the shared volume.
@@ -18,3 +19,4 @@ pub mod install;
 pub mod metrics;
 pub mod poller;
 pub mod socket;
+pub mod stock;

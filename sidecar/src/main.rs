@@ -27,6 +27,8 @@ struct Cli {
 enum Command {
     /// Run the sidecar: the socket for the engine and the preStop hook, and
     /// the HTTP endpoints /live, /ready, /metrics and /status.
+    // A flag given twice takes its last value, so wrappers can append overrides.
+    #[command(args_override_self = true)]
     Serve(ServeArgs),
     /// Drain the engine and wait until it is done (the engine's preStop hook).
     Drain(DrainArgs),
@@ -48,14 +50,31 @@ struct ServeArgs {
     adapter: Adapter,
     /// The engine's HTTP address inside the pod, for the vllm, sglang and
     /// http adapters.
-    #[arg(long, value_name = "http://IP:PORT", required_if_eq_any = [("adapter", "vllm"), ("adapter", "sglang"), ("adapter", "http")])]
+    #[arg(long, value_name = "http://IP:PORT", required_if_eq_any = [("adapter", "vllm"), ("adapter", "sglang"), ("adapter", "trtllm"), ("adapter", "http")])]
     engine_url: Option<String>,
-    /// The engine's health endpoint (vllm, sglang, http adapters).
+    /// The engine's health endpoint (stock engines).
     #[arg(long, default_value = "/health")]
     health_path: String,
-    /// The engine's Prometheus endpoint (vllm and sglang adapters).
-    #[arg(long, default_value = "/metrics")]
-    metrics_path: String,
+    /// The engine's Prometheus endpoint. Default: /metrics for vllm and
+    /// sglang, /prometheus/metrics for trtllm.
+    #[arg(long)]
+    metrics_path: Option<String>,
+    /// Stock engines: how long one request to the engine may take
+    /// (SGLang's /health takes over a second by design).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
+    poll_timeout_ms: u64,
+    /// Stock engines: time between two looks while a drain waits for the
+    /// engine to be idle.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    drain_poll_interval_ms: u64,
+    /// Stock engines: idle looks in a row, after admission stopped, that end
+    /// a drain.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    idle_samples: u32,
+    /// Stock engines: how long /health may fail while no drain was asked
+    /// before the engine counts as dead and /live fails.
+    #[arg(long, default_value = "30", value_parser = parse_seconds)]
+    unhealthy_grace_seconds: Duration,
     /// How often the engine must report, in milliseconds.
     #[arg(long, default_value_t = DEFAULT_HEARTBEAT_INTERVAL.as_millis() as u64, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     heartbeat_interval_ms: u64,
@@ -71,10 +90,12 @@ struct ServeArgs {
 enum Adapter {
     /// The engine speaks the quiesce protocol on the socket.
     Protocol,
-    /// A stock vLLM: health and vllm:num_requests_* metrics over HTTP.
+    /// A stock vLLM: health, vllm:num_requests_* metrics and /load over HTTP.
     Vllm,
-    /// A stock SGLang: health and sglang:num_*_reqs metrics over HTTP.
+    /// A stock SGLang: health, /v1/loads and its metrics over HTTP.
     Sglang,
+    /// A stock trtllm-serve: health and /prometheus/metrics over HTTP.
+    Trtllm,
     /// Any HTTP server: health only.
     Http,
 }
@@ -85,6 +106,7 @@ impl Adapter {
             Self::Protocol => None,
             Self::Vllm => Some(poller::StockEngine::Vllm),
             Self::Sglang => Some(poller::StockEngine::Sglang),
+            Self::Trtllm => Some(poller::StockEngine::Trtllm),
             Self::Http => Some(poller::StockEngine::Http),
         }
     }
@@ -168,8 +190,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             engine,
             addr: poller::parse_engine_url(url).map_err(anyhow::Error::msg)?,
             health_path: args.health_path.clone(),
-            metrics_path: (engine != poller::StockEngine::Http).then(|| args.metrics_path.clone()),
+            metrics_path: engine.default_metrics_path().map(|default| {
+                args.metrics_path
+                    .clone()
+                    .unwrap_or_else(|| default.to_owned())
+            }),
             interval: Duration::from_millis(args.heartbeat_interval_ms),
+            drain_interval: Duration::from_millis(args.drain_poll_interval_ms),
+            timeout: Duration::from_millis(args.poll_timeout_ms),
+            idle_samples: args.idle_samples,
+            unhealthy_grace: args.unhealthy_grace_seconds,
         }),
         _ => None,
     };
@@ -189,8 +219,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listen = http_listener
         .local_addr()
         .context("reading the HTTP address")?;
-    let coordinator =
-        coordinator::Coordinator::new(Duration::from_millis(args.heartbeat_interval_ms));
+    let heartbeat = Duration::from_millis(args.heartbeat_interval_ms);
+    let window = heartbeat * quiesce_protocol::LIVENESS_MISSED_HEARTBEATS;
+    let window = poll_target
+        .as_ref()
+        .map_or(window, |target| window.max(target.liveness_window()));
+    let coordinator = coordinator::Coordinator::with_liveness_window(heartbeat, window);
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(socket::serve(

@@ -68,6 +68,11 @@ struct ReadyLabels {
     ready: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BlindLabels {
+    reason: &'static str,
+}
+
 /// Drains last from a fraction of a second (idle) to an hour (the longest
 /// grace period).
 const DRAIN_DURATION_BUCKETS: [f64; 12] = [
@@ -88,6 +93,7 @@ pub struct Metrics {
     requests_aborted: Counter,
     readiness_transitions: Family<ReadyLabels, Counter>,
     drains_not_started: Counter,
+    work_unknown: Family<BlindLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -112,6 +118,7 @@ impl Metrics {
             requests_aborted: Counter::default(),
             readiness_transitions: Family::default(),
             drains_not_started: Counter::default(),
+            work_unknown: Family::default(),
         };
         let registry = &mut metrics.registry;
         registry.register(
@@ -167,6 +174,12 @@ impl Metrics {
             metrics.drains_not_started.clone(),
         );
         registry.register(
+            "engine_work_unknown",
+            "1 while the sidecar cannot see the engine's work, by why (a stock engine's missing \
+             metrics): a drain then waits for its whole timeout",
+            metrics.work_unknown.clone(),
+        );
+        registry.register(
             "build",
             "Build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -175,6 +188,14 @@ impl Metrics {
             metrics
                 .engine_phase
                 .get_or_create(&PhaseLabels { phase })
+                .set(0);
+        }
+        for blind in crate::stock::Blind::ALL {
+            metrics
+                .work_unknown
+                .get_or_create(&BlindLabels {
+                    reason: blind.label(),
+                })
                 .set(0);
         }
         for ready in ["true", "false"] {
@@ -206,6 +227,16 @@ impl Metrics {
         self.in_flight.set(i64::from(counts.0));
         self.queued.set(i64::from(counts.1));
         self.kv_transfers.set(i64::from(counts.2));
+    }
+
+    /// Records why the engine's work cannot be seen, if it cannot.
+    pub fn observe_visibility(&self, work_unknown: Option<&'static str>) {
+        for blind in crate::stock::Blind::ALL {
+            let reason = blind.label();
+            self.work_unknown
+                .get_or_create(&BlindLabels { reason })
+                .set(i64::from(work_unknown == Some(reason)));
+        }
     }
 
     /// Records the start of a drain.
