@@ -115,12 +115,20 @@ pub enum EngineAdapter {
     #[default]
     Protocol,
     /// A stock vLLM image: health from /health, in-flight work from
-    /// vllm:num_requests_running and vllm:num_requests_waiting; quiesce sets
-    /// vLLM's --shutdown-timeout to match the drain.
+    /// vllm:num_requests_running, vllm:num_requests_waiting and /load;
+    /// quiesce adds --enable-server-load-tracking and sets
+    /// --shutdown-timeout to the abort grace (vLLM 0.18 or newer).
     Vllm,
-    /// A stock SGLang image: health from /health, in-flight work from
-    /// sglang:num_running_reqs and sglang:num_queue_reqs.
+    /// A stock SGLang image: health from /health (quiesce sets
+    /// SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION=false so that it generates
+    /// nothing), in-flight work from /v1/loads and, for the grammar queue,
+    /// its metrics: pass --enable-metrics.
     Sglang,
+    /// A stock trtllm-serve image: health from /health, in-flight work from
+    /// trtllm_num_requests_running and trtllm_num_requests_waiting on
+    /// /prometheus/metrics, which it serves only with return_perf_metrics
+    /// and enable_iter_perf_stats in its --extra_llm_api_options.
+    Trtllm,
     /// Any HTTP server: readiness from healthPath only.
     Http,
 }
@@ -132,6 +140,7 @@ impl EngineAdapter {
             Self::Protocol => "protocol",
             Self::Vllm => "vllm",
             Self::Sglang => "sglang",
+            Self::Trtllm => "trtllm",
             Self::Http => "http",
         }
     }
@@ -158,8 +167,9 @@ pub struct EngineSpec {
     pub container_name: String,
 
     /// How the sidecar follows the engine: protocol (the engine speaks the
-    /// quiesce protocol), vllm, sglang (stock images, observed through their
-    /// health and metrics endpoints) or http (health endpoint only).
+    /// quiesce protocol), vllm, sglang, trtllm (stock images, observed
+    /// through their health, metrics and load endpoints) or http (health
+    /// endpoint only).
     #[serde(default)]
     pub adapter: EngineAdapter,
 
@@ -168,15 +178,17 @@ pub struct EngineSpec {
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
 
-    /// HTTP path of the engine's health endpoint, polled by the vllm, sglang
-    /// and http adapters. Defaults to /health for vllm and sglang; required
-    /// for http.
+    /// HTTP path of the engine's health endpoint, polled by the vllm,
+    /// sglang, trtllm and http adapters. Defaults to /health for vllm,
+    /// sglang and trtllm; required for http.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256), regex(pattern = "^/"))]
     pub health_path: Option<String>,
 
-    /// HTTP path of the engine's Prometheus metrics, read by the vllm and
-    /// sglang adapters to count in-flight requests. Defaults to /metrics.
+    /// HTTP path of the engine's Prometheus metrics, read by the vllm,
+    /// sglang and trtllm adapters to count in-flight requests. Defaults to
+    /// /metrics, and to /prometheus/metrics for trtllm (never its JSON
+    /// /metrics, which a read empties).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256), regex(pattern = "^/"))]
     pub metrics_path: Option<String>,

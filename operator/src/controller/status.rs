@@ -63,7 +63,8 @@ pub const APPLY_FAILED: &str = "ApplyFailed";
 /// admission, ...), from its `ReplicaFailure` condition.
 pub const REPLICA_FAILURE: &str = "ReplicaFailure";
 /// Degraded=False (a warning): user fields were kept where quiesce would
-/// have injected its own; the message lists them.
+/// have injected its own, or engine flags keep the sidecar from seeing the
+/// engine's work; the message lists them.
 pub const CONFLICTS: &str = "Conflicts";
 /// Degraded=False (a warning): the grace period exceeds cluster-autoscaler's
 /// default `--max-graceful-termination-sec` (600 s), so its scale-downs cut
@@ -411,7 +412,7 @@ fn degraded(
         });
     if !conflicts.is_empty() {
         let mut message = format!(
-            "quiesce kept {} of your fields where it would have injected its own: {}",
+            "your settings limit what quiesce does ({}): {}",
             conflicts.len(),
             conflicts
                 .iter()
@@ -798,7 +799,7 @@ mod tests {
         );
         assert_eq!(
             degraded.message,
-            "quiesce kept 1 of your fields where it would have injected its own: \
+            "your settings limit what quiesce does (1): \
              spec.template.spec.containers[0].readinessProbe: your probe was kept \
              (EngineReadinessProbeKept). Also: terminationGracePeriodSeconds is 900, above the \
              600 s after which cluster-autoscaler (default --max-graceful-termination-sec) kills \

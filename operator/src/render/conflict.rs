@@ -16,6 +16,18 @@ pub const ENGINE_STARTUP_PROBE_KEPT: &str = "EngineStartupProbeKept";
 pub const SHUTDOWN_TIMEOUT_KEPT: &str = "ShutdownTimeoutKept";
 /// The vLLM engine runs through a shell, so quiesce could not add `--shutdown-timeout`.
 pub const SHUTDOWN_TIMEOUT_NOT_PASSED: &str = "ShutdownTimeoutNotPassed";
+/// The vLLM engine runs through a shell, so quiesce could not add
+/// `--enable-server-load-tracking`.
+pub const LOAD_TRACKING_NOT_PASSED: &str = "LoadTrackingNotPassed";
+/// vLLM runs with `--disable-log-stats`: the gauges the sidecar reads are
+/// gone, and every drain waits for its whole timeout.
+pub const ENGINE_LOG_STATS_DISABLED: &str = "EngineLogStatsDisabled";
+/// SGLang runs without `--enable-metrics`: its grammar queue is invisible,
+/// and every drain waits for its whole timeout.
+pub const ENGINE_METRICS_DISABLED: &str = "EngineMetricsDisabled";
+/// The SGLang container sets `SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION`
+/// itself; quiesce's `false` was not set.
+pub const HEALTH_GENERATION_KEPT: &str = "HealthGenerationKept";
 /// The engine container already sets `QUIESCE_SOCKET` to another value.
 pub const SOCKET_ENV_KEPT: &str = "SocketEnvKept";
 /// The engine container mounts something inside `/run/quiesce`.
@@ -26,12 +38,16 @@ pub const RESERVED_LABEL_OVERRIDDEN: &str = "ReservedLabelOverridden";
 pub const RESERVED_ANNOTATION_OVERRIDDEN: &str = "ReservedAnnotationOverridden";
 
 /// Every conflict reason, for tests and for documentation that lists them.
-pub const ALL_REASONS: [&str; 9] = [
+pub const ALL_REASONS: [&str; 13] = [
     ENGINE_READINESS_PROBE_KEPT,
     ENGINE_LIVENESS_PROBE_KEPT,
     ENGINE_STARTUP_PROBE_KEPT,
     SHUTDOWN_TIMEOUT_KEPT,
     SHUTDOWN_TIMEOUT_NOT_PASSED,
+    LOAD_TRACKING_NOT_PASSED,
+    ENGINE_LOG_STATS_DISABLED,
+    ENGINE_METRICS_DISABLED,
+    HEALTH_GENERATION_KEPT,
     SOCKET_ENV_KEPT,
     SHARED_MOUNT_SHADOWED,
     RESERVED_LABEL_OVERRIDDEN,

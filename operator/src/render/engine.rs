@@ -1,18 +1,25 @@
 //! What quiesce adds to the engine container: the socket's address, the
-//! shared volume, the drain hook, the probes and, for vLLM, its own shutdown
-//! timeout. Whatever the user already set there is kept, as a [`Conflict`].
+//! shared volume, the drain hook, the probes and, for stock engines, the
+//! switches the sidecar needs (vLLM's shutdown timeout and load tracking,
+//! SGLang's cheap health check). Whatever the user already set there is
+//! kept, as a [`Conflict`]; engine flags that blind the sidecar are
+//! [`Conflict`]s too.
 
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, ExecAction, LifecycleHandler, Probe, VolumeMount,
 };
 
 use super::conflict::{
-    Conflict, ENGINE_LIVENESS_PROBE_KEPT, ENGINE_READINESS_PROBE_KEPT, ENGINE_STARTUP_PROBE_KEPT,
-    SHARED_MOUNT_SHADOWED, SHUTDOWN_TIMEOUT_KEPT, SHUTDOWN_TIMEOUT_NOT_PASSED, SOCKET_ENV_KEPT,
+    Conflict, ENGINE_LIVENESS_PROBE_KEPT, ENGINE_LOG_STATS_DISABLED, ENGINE_METRICS_DISABLED,
+    ENGINE_READINESS_PROBE_KEPT, ENGINE_STARTUP_PROBE_KEPT, HEALTH_GENERATION_KEPT,
+    LOAD_TRACKING_NOT_PASSED, SHARED_MOUNT_SHADOWED, SHUTDOWN_TIMEOUT_KEPT,
+    SHUTDOWN_TIMEOUT_NOT_PASSED, SOCKET_ENV_KEPT,
 };
 use super::pod::{
-    DRAIN_CLIENT_PATH, LIVE_PATH, READY_PATH, SHARED_MOUNT_PATH, SHARED_VOLUME_NAME, SOCKET_ENV,
-    SOCKET_PATH, VLLM_SHUTDOWN_TIMEOUT_FLAG, http_probe, sidecar_port,
+    DRAIN_CLIENT_PATH, LIVE_PATH, READY_PATH, SGLANG_ENABLE_METRICS_FLAG,
+    SGLANG_HEALTH_GENERATION_ENV, SHARED_MOUNT_PATH, SHARED_VOLUME_NAME, SOCKET_ENV, SOCKET_PATH,
+    VLLM_DISABLE_LOG_STATS_FLAG, VLLM_LOAD_TRACKING_FLAG, VLLM_SHUTDOWN_TIMEOUT_FLAG, http_probe,
+    sidecar_port,
 };
 use crate::api::{DrainSpec, EngineAdapter, EngineSpec, InferenceDeploymentSpec};
 
@@ -59,10 +66,136 @@ pub(super) fn instrument_engine(
     mount_shared_volume(engine, field, &mut conflicts);
     install_pre_stop(engine, &spec.drain);
     install_probes(engine, field, spec, &mut conflicts);
-    if spec.engine.adapter == EngineAdapter::Vllm {
-        pass_vllm_shutdown_timeout(engine, field, &spec.drain, &mut conflicts);
+    match spec.engine.adapter {
+        EngineAdapter::Vllm => {
+            pass_vllm_shutdown_timeout(engine, field, &spec.drain, &mut conflicts);
+            pass_vllm_load_tracking(engine, field, &mut conflicts);
+            warn_without(
+                engine,
+                field,
+                &mut conflicts,
+                FlagWanted {
+                    flag: VLLM_DISABLE_LOG_STATS_FLAG,
+                    wanted: false,
+                    reason: ENGINE_LOG_STATS_DISABLED,
+                    cost: "vLLM then exports no vllm:num_requests_running or \
+                           vllm:num_requests_waiting, so the sidecar cannot see its work and \
+                           every drain waits for spec.drain.timeoutSeconds; remove it",
+                },
+            );
+        }
+        EngineAdapter::Sglang => {
+            set_cheap_sglang_health(engine, field, &mut conflicts);
+            warn_without(
+                engine,
+                field,
+                &mut conflicts,
+                FlagWanted {
+                    flag: SGLANG_ENABLE_METRICS_FLAG,
+                    wanted: true,
+                    reason: ENGINE_METRICS_DISABLED,
+                    cost: "without it SGLang serves no /metrics, where alone its grammar queue \
+                           shows, so the sidecar cannot see all of its work and every drain \
+                           waits for spec.drain.timeoutSeconds; add it to the engine's arguments",
+                },
+            );
+        }
+        EngineAdapter::Protocol | EngineAdapter::Trtllm | EngineAdapter::Http => {}
     }
     conflicts
+}
+
+/// Whether `flag` is one of the words of the engine's command or arguments
+/// (or inside a shell script there).
+fn mentions(engine: &Container, flag: &str) -> Option<&'static str> {
+    let mentions_flag =
+        |words: &Option<Vec<String>>| words.iter().flatten().any(|word| word.contains(flag));
+    if mentions_flag(&engine.command) {
+        Some("command")
+    } else if mentions_flag(&engine.args) {
+        Some("args")
+    } else {
+        None
+    }
+}
+
+/// An engine flag the sidecar depends on, present (`wanted`) or absent.
+struct FlagWanted {
+    flag: &'static str,
+    wanted: bool,
+    reason: &'static str,
+    cost: &'static str,
+}
+
+/// Warns when the engine's command line has (or lacks) a flag that blinds
+/// the sidecar. Such switches are the user's to choose: quiesce says what
+/// they cost rather than change them.
+fn warn_without(engine: &Container, field: &str, conflicts: &mut Vec<Conflict>, want: FlagWanted) {
+    let found = mentions(engine, want.flag);
+    if found.is_some() == want.wanted {
+        return;
+    }
+    let (place, what) = match found {
+        Some(place) => (place, format!("the engine runs with {}", want.flag)),
+        None => ("args", format!("the engine runs without {}", want.flag)),
+    };
+    conflicts.push(Conflict::new(
+        want.reason,
+        format!("{field}.{place}"),
+        format!("{what}: {}", want.cost),
+    ));
+}
+
+/// vLLM's `/load` counts HTTP requests until their answer is fully sent,
+/// which its gauges (engine queues only) miss: without it a drain could end
+/// while the last chunks of a stream are still being written.
+fn pass_vllm_load_tracking(engine: &mut Container, field: &str, conflicts: &mut Vec<Conflict>) {
+    if mentions(engine, VLLM_LOAD_TRACKING_FLAG).is_some() {
+        return;
+    }
+    if runs_through_a_shell(engine) {
+        conflicts.push(Conflict::new(
+            LOAD_TRACKING_NOT_PASSED,
+            format!("{field}.command"),
+            format!(
+                "the engine runs through a shell, where an added argument would not reach \
+                 vLLM, so quiesce did not add {VLLM_LOAD_TRACKING_FLAG}: the sidecar does not \
+                 see requests whose answer is still being sent, and a drain may end before \
+                 their last chunks; add {VLLM_LOAD_TRACKING_FLAG} to your script"
+            ),
+        ));
+    } else {
+        engine
+            .args
+            .get_or_insert_default()
+            .push(VLLM_LOAD_TRACKING_FLAG.to_owned());
+    }
+}
+
+/// SGLang's `/health` generates a token and answers after at least a
+/// second unless told otherwise; the sidecar polls it every second.
+fn set_cheap_sglang_health(engine: &mut Container, field: &str, conflicts: &mut Vec<Conflict>) {
+    let env = engine.env.get_or_insert_default();
+    match env
+        .iter()
+        .position(|var| var.name == SGLANG_HEALTH_GENERATION_ENV)
+    {
+        None => env.push(EnvVar {
+            name: SGLANG_HEALTH_GENERATION_ENV.to_owned(),
+            value: Some("false".to_owned()),
+            ..EnvVar::default()
+        }),
+        Some(i) if env[i].value.as_deref() == Some("false") => {}
+        Some(i) => conflicts.push(Conflict::new(
+            HEALTH_GENERATION_KEPT,
+            format!("{field}.env[{i}]"),
+            format!(
+                "the engine container sets {SGLANG_HEALTH_GENERATION_ENV} itself, so quiesce's \
+                 false was not set: every look of the sidecar at /health makes SGLang generate \
+                 a token and takes over a second; set it to false"
+            ),
+        )),
+    }
 }
 
 fn set_socket_env(engine: &mut Container, field: &str, conflicts: &mut Vec<Conflict>) {
@@ -235,20 +368,7 @@ fn pass_vllm_shutdown_timeout(
     conflicts: &mut Vec<Conflict>,
 ) {
     let ours = format!("{VLLM_SHUTDOWN_TIMEOUT_FLAG}={}", drain.abort_grace_seconds);
-    let mentions_flag = |words: &Option<Vec<String>>| {
-        words
-            .iter()
-            .flatten()
-            .any(|word| word.contains(VLLM_SHUTDOWN_TIMEOUT_FLAG))
-    };
-    let given_in = if mentions_flag(&engine.command) {
-        Some("command")
-    } else if mentions_flag(&engine.args) {
-        Some("args")
-    } else {
-        None
-    };
-    if let Some(place) = given_in {
+    if let Some(place) = mentions(engine, VLLM_SHUTDOWN_TIMEOUT_FLAG) {
         conflicts.push(Conflict::new(
             SHUTDOWN_TIMEOUT_KEPT,
             format!("{field}.{place}"),
@@ -541,13 +661,75 @@ template:
     }
 
     #[test]
-    fn vllm_gets_the_abort_grace_as_its_shutdown_timeout() {
+    fn vllm_gets_the_abort_grace_as_its_shutdown_timeout_and_load_tracking() {
         let (engine, conflicts) = engine_of(&vllm("      args: [--model=m]\n"));
-        assert_eq!(engine.args.unwrap(), ["--model=m", "--shutdown-timeout=7"]);
+        assert_eq!(
+            engine.args.unwrap(),
+            [
+                "--model=m",
+                "--shutdown-timeout=7",
+                "--enable-server-load-tracking"
+            ]
+        );
         assert!(conflicts.is_empty());
 
         let (engine, _) = engine_of(&vllm(""));
-        assert_eq!(engine.args.unwrap(), ["--shutdown-timeout=7"]);
+        assert_eq!(
+            engine.args.unwrap(),
+            ["--shutdown-timeout=7", "--enable-server-load-tracking"]
+        );
+        let (engine, _) = engine_of(&vllm("      args: [--enable-server-load-tracking]\n"));
+        assert_eq!(
+            engine.args.unwrap(),
+            ["--enable-server-load-tracking", "--shutdown-timeout=7"],
+            "given once, not twice"
+        );
+    }
+
+    #[test]
+    fn engine_flags_that_blind_the_sidecar_are_warned_about() {
+        let (engine, conflicts) =
+            engine_of(&vllm("      args: [--model=m, --disable-log-stats]\n"));
+        assert_eq!(reasons(&conflicts), [ENGINE_LOG_STATS_DISABLED]);
+        assert_eq!(conflicts[0].field, "spec.template.spec.containers[0].args");
+        assert!(
+            conflicts[0].message.contains("every drain waits"),
+            "{}",
+            conflicts[0]
+        );
+        assert!(
+            engine
+                .args
+                .unwrap()
+                .contains(&"--disable-log-stats".to_owned()),
+            "kept"
+        );
+
+        let sglang = |args: &str| {
+            format!(
+                "engine: {{adapter: sglang}}\ntemplate:\n  spec:\n    containers:\n    - name: engine\n      image: lmsysorg/sglang:v0.5.5\n{args}"
+            )
+        };
+        let (engine, conflicts) = engine_of(&sglang("      args: [--model-path=m]\n"));
+        assert_eq!(reasons(&conflicts), [ENGINE_METRICS_DISABLED]);
+        assert!(
+            conflicts[0].message.contains("--enable-metrics"),
+            "{}",
+            conflicts[0]
+        );
+        let env = engine.env.unwrap();
+        let health = env
+            .iter()
+            .find(|v| v.name == SGLANG_HEALTH_GENERATION_ENV)
+            .unwrap();
+        assert_eq!(health.value.as_deref(), Some("false"));
+
+        let (_, conflicts) = engine_of(&sglang("      args: [--model-path=m, --enable-metrics]\n"));
+        assert!(conflicts.is_empty(), "{conflicts:?}");
+        let (_, conflicts) = engine_of(&sglang(&format!(
+            "      args: [--enable-metrics]\n      env: [{{name: {SGLANG_HEALTH_GENERATION_ENV}, value: 'true'}}]\n"
+        )));
+        assert_eq!(reasons(&conflicts), [HEALTH_GENERATION_KEPT]);
     }
 
     #[test]
@@ -584,13 +766,21 @@ template:
         let (engine, conflicts) =
             engine_of(&vllm("      command: [/bin/sh, -c, 'vllm serve m']\n"));
         assert_eq!(engine.args, None);
-        assert_eq!(reasons(&conflicts), [SHUTDOWN_TIMEOUT_NOT_PASSED]);
+        assert_eq!(
+            reasons(&conflicts),
+            [SHUTDOWN_TIMEOUT_NOT_PASSED, LOAD_TRACKING_NOT_PASSED]
+        );
         assert!(conflicts[0].message.contains("--shutdown-timeout=7"));
+        assert!(
+            conflicts[1]
+                .message
+                .contains("--enable-server-load-tracking")
+        );
     }
 
     #[test]
     fn other_adapters_get_no_shutdown_flag() {
-        for adapter in ["protocol", "sglang", "http"] {
+        for adapter in ["protocol", "sglang", "trtllm", "http"] {
             let (engine, _) = engine_of(&format!(
                 "engine: {{adapter: {adapter}, healthPath: /health}}\n{MINIMAL}"
             ));

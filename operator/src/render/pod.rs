@@ -59,6 +59,21 @@ pub const DEFAULT_HEALTH_PATH: &str = "/health";
 /// Metrics path of the vllm and sglang adapters when
 /// `spec.engine.metricsPath` is not set.
 pub const DEFAULT_METRICS_PATH: &str = "/metrics";
+/// Metrics path of the trtllm adapter when `spec.engine.metricsPath` is not
+/// set: trtllm-serve's Prometheus page. Its JSON `/metrics` hands each
+/// statistic out once and must never be polled.
+pub const TRTLLM_METRICS_PATH: &str = "/prometheus/metrics";
+/// vLLM's flag that serves `/load`: HTTP requests in flight until their
+/// answer is fully sent, which its gauges do not count.
+pub const VLLM_LOAD_TRACKING_FLAG: &str = "--enable-server-load-tracking";
+/// vLLM's flag that removes the gauges the adapter reads.
+pub const VLLM_DISABLE_LOG_STATS_FLAG: &str = "--disable-log-stats";
+/// SGLang's flag that serves `/metrics`, the only place its grammar queue
+/// shows.
+pub const SGLANG_ENABLE_METRICS_FLAG: &str = "--enable-metrics";
+/// SGLang's variable that makes `/health` generate a token and answer after
+/// at least a second (default true); quiesce sets it to false.
+pub const SGLANG_HEALTH_GENERATION_ENV: &str = "SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION";
 /// User and group the sidecar runs as (the distroless `nonroot` user).
 pub const SIDECAR_USER_ID: i64 = 65532;
 /// Group set as the pod's `fsGroup` when the user sets none, so that the

@@ -12,7 +12,7 @@ use super::RenderConfig;
 use super::pod::{
     DEFAULT_HEALTH_PATH, DEFAULT_METRICS_PATH, INSTALL_DIR, LIVE_PATH, SHARED_MOUNT_PATH,
     SHARED_VOLUME_NAME, SIDECAR_CONTAINER_NAME, SIDECAR_PORT_NAME, SIDECAR_USER_ID, SOCKET_PATH,
-    http_probe, sidecar_port,
+    TRTLLM_METRICS_PATH, http_probe, sidecar_port,
 };
 use crate::api::{EngineAdapter, EngineSpec, InferenceDeploymentSpec};
 
@@ -47,11 +47,13 @@ pub fn sidecar_args(engine: &EngineSpec, port: i32) -> Vec<String> {
             .map(str::to_owned),
         );
     }
-    if matches!(engine.adapter, EngineAdapter::Vllm | EngineAdapter::Sglang) {
-        let metrics = engine
-            .metrics_path
-            .as_deref()
-            .unwrap_or(DEFAULT_METRICS_PATH);
+    let default_metrics = match engine.adapter {
+        EngineAdapter::Vllm | EngineAdapter::Sglang => Some(DEFAULT_METRICS_PATH),
+        EngineAdapter::Trtllm => Some(TRTLLM_METRICS_PATH),
+        EngineAdapter::Protocol | EngineAdapter::Http => None,
+    };
+    if let Some(default) = default_metrics {
+        let metrics = engine.metrics_path.as_deref().unwrap_or(default);
         args.extend(["--metrics-path", metrics].map(str::to_owned));
     }
     args
