@@ -30,16 +30,6 @@ pub enum Personality {
 }
 
 impl Personality {
-    /// The name on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Quiesce => "quiesce",
-            Self::Vllm => "vllm",
-            Self::Sglang => "sglang",
-            Self::Trtllm => "trtllm",
-        }
-    }
-
     /// Whether the server stays up, answering `/health` with 503, once its
     /// engine has died (a worker process was lost), instead of exiting.
     ///
