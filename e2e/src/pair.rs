@@ -89,6 +89,17 @@ pub async fn spawn_engine(mut program: Command, extra: &[&str]) -> (Process, Soc
     (engine, field_addr(&line, "addr="))
 }
 
+/// Streams a completion of `tokens` tokens from the engine at `addr`, in
+/// the background.
+pub fn stream(addr: SocketAddr, tokens: u32) -> tokio::task::JoinHandle<Finished> {
+    let completion = Completion {
+        prompt: format!("a request of {tokens} tokens"),
+        max_tokens: tokens,
+        stream: true,
+    };
+    tokio::spawn(async move { complete(addr, &completion).await })
+}
+
 /// Runs the preStop drain client against `socket`.
 pub fn drain_client(socket: &Path, propagation: f64, timeout: f64, grace: f64) -> Process {
     Process::spawn(
@@ -165,13 +176,7 @@ impl Pair {
 
     /// Streams a completion of `tokens` tokens from the engine, in the background.
     pub fn stream(&self, tokens: u32) -> tokio::task::JoinHandle<Finished> {
-        let addr = self.engine_http;
-        let completion = Completion {
-            prompt: format!("a request of {tokens} tokens"),
-            max_tokens: tokens,
-            stream: true,
-        };
-        tokio::spawn(async move { complete(addr, &completion).await })
+        stream(self.engine_http, tokens)
     }
 
     /// Waits until the engine reports `in_flight` requests to the sidecar.
@@ -227,14 +232,19 @@ impl Pair {
 
 /// The sidecar's `/status`.
 pub async fn status_json(addr: SocketAddr) -> serde_json::Value {
+    get_json(addr, "/status").await
+}
+
+/// `GET path` on `addr`: the body.
+pub async fn get_text(addr: SocketAddr, path: &str) -> String {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .unwrap();
     tokio::spawn(connection);
-    let request = hyper::Request::get("/status")
-        .header(hyper::header::HOST, "sidecar")
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
@@ -242,5 +252,10 @@ pub async fn status_json(addr: SocketAddr) -> serde_json::Value {
         .await
         .unwrap()
         .to_bytes();
-    serde_json::from_slice(&body).unwrap()
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// `GET path` on `addr`, as JSON.
+pub async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    serde_json::from_str(&get_text(addr, path).await).unwrap()
 }

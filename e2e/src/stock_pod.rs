@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::bins;
-use crate::client::{Completion, Finished, complete, get_status};
-use crate::pair::{PROMPT, drain_client, spawn_engine, spawn_sidecar};
+use crate::client::{Finished, get_status};
+use crate::pair::{self, PROMPT, drain_client, get_json, spawn_engine, spawn_sidecar};
 use crate::process::Process;
 
 /// One stock engine as the operator renders it, or with a flag changed.
@@ -50,6 +50,27 @@ pub const TRTLLM: Flavor = Flavor {
     adapter: "trtllm",
     engine: &["--personality", "trtllm", "--return-perf-metrics"],
     env: &[],
+};
+
+/// vLLM with `--disable-log-stats`: no gauges, so its work is unknown.
+pub const VLLM_WITHOUT_LOG_STATS: Flavor = Flavor {
+    engine: &[
+        "--personality",
+        "vllm",
+        "--enable-server-load-tracking",
+        "--disable-log-stats",
+    ],
+    ..VLLM
+};
+/// SGLang without `--enable-metrics`: its grammar queue is unseen.
+pub const SGLANG_WITHOUT_METRICS: Flavor = Flavor {
+    engine: &["--personality", "sglang"],
+    ..SGLANG
+};
+/// trtllm-serve without `return_perf_metrics`: no Prometheus page.
+pub const TRTLLM_WITHOUT_PERF_METRICS: Flavor = Flavor {
+    engine: &["--personality", "trtllm"],
+    ..TRTLLM
 };
 
 /// A running stock engine and its sidecar.
@@ -142,13 +163,7 @@ impl StockPod {
     /// Streams a completion of `tokens` tokens from the engine, in the
     /// background.
     pub fn stream(&self, tokens: u32) -> tokio::task::JoinHandle<Finished> {
-        let addr = self.engine_http;
-        let completion = Completion {
-            prompt: format!("stock {tokens}"),
-            max_tokens: tokens,
-            stream: true,
-        };
-        tokio::spawn(async move { complete(addr, &completion).await })
+        pair::stream(self.engine_http, tokens)
     }
 
     /// The engine's own count of HTTP requests on `path`.
@@ -168,29 +183,4 @@ impl StockPod {
         assert_eq!(sidecar, Some(0), "{}", self.logs());
         assert!(self.engine.survivors().is_empty() && self.sidecar.survivors().is_empty());
     }
-}
-
-/// `GET path` on `addr`: the body.
-pub async fn get_text(addr: SocketAddr, path: &str) -> String {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, addr.to_string())
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    String::from_utf8_lossy(&body).into_owned()
-}
-
-/// `GET path` on `addr`, as JSON.
-pub async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
-    serde_json::from_str(&get_text(addr, path).await).unwrap()
 }

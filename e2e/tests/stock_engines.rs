@@ -16,8 +16,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use quiesce_e2e::client::{Classified, get_status};
-use quiesce_e2e::pair::{PROMPT, status_json};
-use quiesce_e2e::stock_pod::{Flavor, SGLANG, StockPod, TRTLLM, VLLM, get_text};
+use quiesce_e2e::pair::{PROMPT, get_text, status_json};
+use quiesce_e2e::stock_pod::{
+    Flavor, SGLANG, SGLANG_WITHOUT_METRICS, StockPod, TRTLLM, TRTLLM_WITHOUT_PERF_METRICS, VLLM,
+    VLLM_WITHOUT_LOG_STATS,
+};
 
 /// A request the engine has received (its own count says so) before the
 /// drain starts with no propagation delay: the sidecar's last look is older
@@ -173,34 +176,17 @@ async fn unknown_work_drains_to_the_timeout(flavor: Flavor, reason: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vllm_without_log_stats_drains_to_the_timeout() {
-    let flavor = Flavor {
-        engine: &[
-            "--personality",
-            "vllm",
-            "--enable-server-load-tracking",
-            "--disable-log-stats",
-        ],
-        ..VLLM
-    };
-    unknown_work_drains_to_the_timeout(flavor, "gauge_missing").await;
+    unknown_work_drains_to_the_timeout(VLLM_WITHOUT_LOG_STATS, "gauge_missing").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sglang_without_metrics_drains_to_the_timeout() {
-    let flavor = Flavor {
-        engine: &["--personality", "sglang"],
-        ..SGLANG
-    };
-    unknown_work_drains_to_the_timeout(flavor, "metrics_unavailable").await;
+    unknown_work_drains_to_the_timeout(SGLANG_WITHOUT_METRICS, "metrics_unavailable").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trtllm_without_perf_metrics_drains_to_the_timeout() {
-    let flavor = Flavor {
-        engine: &["--personality", "trtllm"],
-        ..TRTLLM
-    };
-    unknown_work_drains_to_the_timeout(flavor, "metrics_unavailable").await;
+    unknown_work_drains_to_the_timeout(TRTLLM_WITHOUT_PERF_METRICS, "metrics_unavailable").await;
 }
 
 /// Kills the engine's worker process (its engine core): the engine dies.

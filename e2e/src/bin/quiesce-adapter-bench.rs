@@ -21,8 +21,11 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use quiesce_e2e::pair::{PROMPT, status_json};
-use quiesce_e2e::stock_pod::{Flavor, SGLANG, StockPod, TRTLLM, VLLM, get_json};
+use quiesce_e2e::pair::{PROMPT, get_json, status_json};
+use quiesce_e2e::stock_pod::{
+    Flavor, SGLANG, SGLANG_WITHOUT_METRICS, StockPod, TRTLLM, TRTLLM_WITHOUT_PERF_METRICS, VLLM,
+    VLLM_WITHOUT_LOG_STATS,
+};
 
 #[derive(Parser)]
 #[command(about = "Measures the stock-engine adapters' drain delay and polling cost")]
@@ -38,41 +41,13 @@ struct Args {
 /// The sidecar's production heartbeat: one look a second.
 const SIDECAR: &[&str] = &["--heartbeat-interval-ms", "1000"];
 
-struct Adapter {
-    flavor: Flavor,
-    blind: Flavor,
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let adapters = [
-        Adapter {
-            flavor: VLLM,
-            blind: Flavor {
-                engine: &[
-                    "--personality",
-                    "vllm",
-                    "--enable-server-load-tracking",
-                    "--disable-log-stats",
-                ],
-                ..VLLM
-            },
-        },
-        Adapter {
-            flavor: SGLANG,
-            blind: Flavor {
-                engine: &["--personality", "sglang"],
-                ..SGLANG
-            },
-        },
-        Adapter {
-            flavor: TRTLLM,
-            blind: Flavor {
-                engine: &["--personality", "trtllm"],
-                ..TRTLLM
-            },
-        },
+        (VLLM, VLLM_WITHOUT_LOG_STATS),
+        (SGLANG, SGLANG_WITHOUT_METRICS),
+        (TRTLLM, TRTLLM_WITHOUT_PERF_METRICS),
     ];
     println!(
         "quiesce-adapter-bench: {} drains per adapter, {} s of polling counted",
@@ -82,17 +57,17 @@ async fn main() -> anyhow::Result<()> {
         "{:<8} {:>22} {:>10} {:>14} {:>18}   with the metrics missing",
         "adapter", "idle -> returned (p50)", "(max)", "polls idle", "polls draining"
     );
-    for adapter in adapters {
+    for (flavor, blind) in adapters {
         let mut delays = Vec::new();
         for _ in 0..args.drains {
-            delays.push(idle_to_return(adapter.flavor).await?);
+            delays.push(idle_to_return(flavor).await?);
         }
         delays.sort_by(f64::total_cmp);
-        let (idle, draining) = polling_cost(adapter.flavor, args.seconds).await?;
-        let blind = blind_drain(adapter.blind).await?;
+        let (idle, draining) = polling_cost(flavor, args.seconds).await?;
+        let blind = blind_drain(blind).await?;
         println!(
             "{:<8} {:>22} {:>10} {:>10.1} /s {:>14.1} /s   {blind}",
-            adapter.flavor.adapter,
+            flavor.adapter,
             shown(delays[delays.len() / 2]),
             shown(*delays.last().expect("at least one drain")),
             idle,
