@@ -12,6 +12,9 @@ use quiesce_engine::sim::openai::Endpoint;
 use quiesce_engine::sim::verify::{Expected, Outcome, SseDecoder, StreamCheck, check_response};
 use tokio::net::TcpStream;
 
+/// How long a client waits for a connection, as HTTP clients do.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A completion to request.
 #[derive(Clone, Debug)]
 pub struct Completion {
@@ -83,8 +86,11 @@ async fn send(
     completion: &Completion,
     headers: &mut Option<HeaderMap>,
 ) -> Result<Classified, String> {
-    let stream = TcpStream::connect(addr)
+    // Through a Service, a connection sent to a pod that is already gone
+    // hangs until the kernel gives up, minutes later: clients bound it.
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
+        .map_err(|_| format!("connect: no answer within {CONNECT_TIMEOUT:?}"))?
         .map_err(|e| format!("connect: {e}"))?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))

@@ -20,10 +20,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::{Event, Namespace, Service};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Client, Resource};
+use quiesce_operator::api::InferenceDeployment;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -116,9 +118,31 @@ impl Suite {
         Ok(())
     }
 
-    /// Deletes namespace `name` and waits until it is gone.
+    /// Deletes namespace `name` and waits until it is gone. Its workloads go
+    /// first, and their pods drain: a namespace controller that finds pods
+    /// still terminating waits out their whole grace period before it looks
+    /// again.
     pub async fn delete_namespace(&self, name: &str) -> anyhow::Result<()> {
         let api: Api<Namespace> = Api::all(self.client.clone());
+        if api.get_opt(name).await?.is_none() {
+            return Ok(());
+        }
+        let everything = ListParams::default();
+        let background = DeleteParams::background();
+        self.api::<InferenceDeployment>(name)
+            .delete_collection(&background, &everything)
+            .await?;
+        self.api::<Deployment>(name)
+            .delete_collection(&background, &everything)
+            .await?;
+        let pods = self.api::<Pod>(name);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        while !pods.list(&everything).await?.items.is_empty() {
+            if tokio::time::Instant::now() > deadline {
+                bail!("the pods of namespace {name} did not go within 180 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
