@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use quiesce_e2e::client::{Classified, get_status};
-use quiesce_e2e::pair::{PROMPT, get_text, status_json};
+use quiesce_e2e::pair::{PROMPT, get_json, get_text, status_json};
 use quiesce_e2e::stock_pod::{
     Flavor, SGLANG, SGLANG_WITHOUT_METRICS, StockPod, TRTLLM, TRTLLM_WITHOUT_PERF_METRICS, VLLM,
     VLLM_WITHOUT_LOG_STATS,
@@ -147,11 +147,15 @@ async fn trtllm_live_never_fails_for_a_slow_healthy_engine() {
 }
 
 /// An idle engine whose work cannot be seen: the drain waits for its whole
-/// timeout, and the sidecar says why in `/status`, a metric and its log.
+/// timeout, and the sidecar says why in `/status`, `/load`, a metric and
+/// its log.
 async fn unknown_work_drains_to_the_timeout(flavor: Flavor, reason: &str) {
     let pod = StockPod::start(flavor, &[], &[]).await;
     let status = status_json(pod.sidecar_http).await;
     assert_eq!(status["work_unknown"], reason, "{status}");
+    let load = get_json(pod.sidecar_http, "/load").await;
+    assert_eq!(load["unknown"], reason, "{load}");
+    assert_eq!(load["in_flight"], serde_json::Value::Null, "unknown is not 0: {load}");
     let metrics = get_text(pod.sidecar_http, "/metrics").await;
     let series = format!("quiesce_engine_work_unknown{{reason=\"{reason}\"}} 1");
     assert!(metrics.contains(&series), "{metrics}");

@@ -54,9 +54,11 @@
 use std::time::Duration;
 
 mod frame;
+mod load;
 mod message;
 
 pub use frame::{FrameError, FrameReader, encode_frame, read_frame, write_frame};
+pub use load::{LOAD_PATH, LoadReport, MAX_LOAD_REPORT_LEN, Work};
 pub use message::{
     Abort, ClientMessage, DrainReport, DrainRequest, DrainResult, EngineStatus, ErrorCode, Hello,
     Phase, Progress, ProtocolError, Role, ServerMessage, Welcome,

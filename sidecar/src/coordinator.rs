@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quiesce_protocol::{
-    Abort, DrainReport, DrainRequest, DrainResult, LIVENESS_MISSED_HEARTBEATS, Phase,
+    Abort, DrainReport, DrainRequest, DrainResult, LIVENESS_MISSED_HEARTBEATS, LoadReport, Phase,
 };
 use serde::Serialize;
 use tokio::sync::watch;
@@ -301,6 +301,37 @@ impl Coordinator {
             drain,
         }
     }
+
+    /// The body of `/load`: the engine's work as last sampled, or why it is
+    /// unknown.
+    pub fn load(&self, now: Instant) -> LoadReport {
+        let view = self.engine.view();
+        let draining = self.drain_state() != DrainState::Idle
+            || matches!(
+                view.phase(),
+                Some(Phase::Draining | Phase::Aborting | Phase::Stopped)
+            );
+        let sample_age_ms = view
+            .last_seen
+            .map(|seen| millis(now.saturating_duration_since(seen)));
+        let unknown = if !view.attached {
+            Some("no_engine")
+        } else if !view.is_live(now, self.liveness_window()) {
+            Some("engine_silent")
+        } else {
+            view.work_unknown
+                .or(view.status.is_none().then_some("no_report"))
+        };
+        let status = view.status.filter(|_| unknown.is_none());
+        LoadReport {
+            in_flight: status.map(|s| s.in_flight),
+            queued: status.map(|s| s.queued),
+            kv_transfers: status.map(|s| s.kv_transfers),
+            draining,
+            sample_age_ms,
+            unknown: unknown.map(str::to_owned),
+        }
+    }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -442,6 +473,38 @@ mod tests {
             coordinator.liveness(now()).ok,
             "a draining engine stays live"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_load_is_known_only_from_a_live_engine_that_sees_its_work() {
+        let coordinator = Coordinator::new(Duration::from_secs(1));
+        let unknown = |at| coordinator.load(at).unknown;
+        assert_eq!(unknown(Instant::now()).as_deref(), Some("no_engine"));
+        let engine = coordinator.engine.attach().unwrap();
+        assert_eq!(unknown(Instant::now()).as_deref(), Some("no_report"));
+        engine.report(EngineStatus {
+            queued: 2,
+            kv_transfers: 1,
+            ..status(Phase::Ready, 3)
+        });
+        let sampled = Instant::now();
+        let load = coordinator.load(sampled + Duration::from_millis(300));
+        assert_eq!(
+            (load.in_flight, load.queued, load.kv_transfers),
+            (Some(3), Some(2), Some(1))
+        );
+        assert_eq!((load.draining, load.sample_age_ms), (false, Some(300)));
+        assert_eq!(
+            unknown(sampled + Duration::from_secs(5)).as_deref(),
+            Some("engine_silent")
+        );
+        engine.report_blind(status(Phase::Ready, 0), Some("gauge_missing"));
+        let blind = coordinator.load(Instant::now());
+        assert_eq!(blind.unknown.as_deref(), Some("gauge_missing"));
+        assert_eq!(blind.in_flight, None, "unknown is not zero");
+        engine.report(status(Phase::Ready, 1));
+        let _drain = coordinator.request_drain(request(1000, 1000, 1000));
+        assert!(coordinator.load(Instant::now()).draining);
     }
 
     #[tokio::test(start_paused = true)]

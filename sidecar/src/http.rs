@@ -10,15 +10,18 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 
+use quiesce_protocol::LOAD_PATH;
+
 use crate::coordinator::{Check, Coordinator};
 
-/// The router: `GET /live`, `/ready`, `/metrics` and `/status`.
+/// The router: `GET /live`, `/ready`, `/metrics`, `/status` and `/load`.
 pub fn router(coordinator: Arc<Coordinator>) -> Router {
     Router::new()
         .route("/live", get(live))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route(LOAD_PATH, get(load))
         // No endpoint reads a body; refuse to buffer one.
         .layer(DefaultBodyLimit::max(0))
         .with_state(coordinator)
@@ -54,4 +57,8 @@ async fn metrics(State(coordinator): State<Arc<Coordinator>>) -> Response {
 
 async fn status(State(coordinator): State<Arc<Coordinator>>) -> Response {
     Json(coordinator.status(Instant::now())).into_response()
+}
+
+async fn load(State(coordinator): State<Arc<Coordinator>>) -> Response {
+    Json(coordinator.load(Instant::now())).into_response()
 }

@@ -443,7 +443,7 @@ fn a_live_socket_is_not_stolen() {
 #[test]
 fn http_is_read_only_and_bounded() {
     let sidecar = Sidecar::start(&[]);
-    for path in ["/live", "/ready", "/metrics", "/status"] {
+    for path in ["/live", "/ready", "/metrics", "/status", "/load"] {
         let request = format!(
             "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
         );
@@ -597,4 +597,30 @@ fn a_stock_adapter_needs_the_engine_url() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--engine-url"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_reports_the_engines_work_or_that_it_is_unknown() {
+    let sidecar = Sidecar::start(&[]);
+    let load = || -> serde_json::Value { serde_json::from_str(&sidecar.get("/load").1).unwrap() };
+    assert_eq!(load()["unknown"], "no_engine");
+    assert_eq!(load()["in_flight"], serde_json::Value::Null);
+
+    let mut engine = ScriptedEngine::connect(&sidecar.socket).await;
+    engine.report(Phase::Ready, 2).await;
+    sidecar.wait_for_metric("quiesce_engine_in_flight_requests", |n| n == 2.0);
+    let report = load();
+    assert_eq!(report["in_flight"], 2, "{report}");
+    assert_eq!(report["queued"], 0, "{report}");
+    assert_eq!(report["draining"], false, "{report}");
+    assert!(
+        report["sample_age_ms"].as_u64().unwrap() < 10_000,
+        "{report}"
+    );
+    assert!(report.get("unknown").is_none(), "{report}");
+
+    let drain = common::drain_client(&sidecar.socket, 5.0, 5.0, 1.0);
+    sidecar.wait_for_status("/ready", 503, PROMPT);
+    assert_eq!(load()["draining"], true);
+    drop(drain);
 }
