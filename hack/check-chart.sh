@@ -306,6 +306,9 @@ CASES = {
                                                                         "scrapeTimeout": "10s"}}},
     "no leader election, no metrics Service": {"leaderElection": {"enabled": False}, "metrics": {"service": {"enabled": False}}},
     "existing ServiceAccount, no RBAC": {"serviceAccount": {"create": False, "name": "ops"}, "rbac": {"create": False}},
+    "networkPolicy in two namespaces": {"networkPolicy": {"enabled": True, "namespaces": ["ml", "llm"], "sidecarFrom": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}},
+    "networkPolicy in watchNamespace, port 9191": {"watchNamespace": "ml", "networkPolicy": {"enabled": True, "sidecarPort": 9191}},
     "every option": {
         "image": {"tag": "dev", "pullPolicy": "Always", "digest": "sha256:" + "a" * 64},
         "sidecar": {"image": {"repository": "registry.local:5000/q/sidecar", "tag": "dev"}},
@@ -345,6 +348,8 @@ BAD = [
     ({"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}},
      "needs metrics.service.enabled"),
     ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
+    ({"networkPolicy": {"enabled": True}}, "networkPolicy.enabled needs networkPolicy.namespaces"),
+    ({"networkPolicy": {"sidecarPort": 0}}, "/networkPolicy/sidecarPort"),
 ]
 
 with helm.Chart.load(CHART) as chart:
@@ -419,6 +424,29 @@ with helm.Chart.load(CHART) as chart:
                            "the ServiceMonitor does not select the metrics Service"))
             expect.append((sm[0]["spec"]["endpoints"][0]["port"] == svc[0]["spec"]["ports"][0]["name"],
                            "the ServiceMonitor's port is not the Service's"))
+        policies = find(objects, "NetworkPolicy")
+        np = merged["networkPolicy"]
+        if np["enabled"]:
+            wanted = np["namespaces"] or [watch]
+            expect.append((sorted(p["metadata"]["namespace"] for p in policies) == sorted(wanted),
+                           f"NetworkPolicies in {[p['metadata']['namespace'] for p in policies]}, expected {wanted}"))
+            sidecar_port = np["sidecarPort"]
+            for policy in policies:
+                guarded, rest = policy["spec"]["ingress"]
+                peers = guarded["from"]
+                expect.append((guarded["ports"] == [{"protocol": "TCP", "port": sidecar_port}]
+                               and peers[0]["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+                               and peers[0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NAMESPACE}
+                               and peers[1:] == np["sidecarFrom"],
+                               "the sidecar port is not limited to the operator's pods and sidecarFrom"))
+                open_tcp = set()
+                for r in rest["ports"]:
+                    if r["protocol"] == "TCP":
+                        open_tcp.update(range(r["port"], r["endPort"] + 1))
+                expect.append((open_tcp == set(range(1, 65536)) - {sidecar_port} and "from" not in rest,
+                               "every TCP port but the sidecar's is not open to all"))
+        else:
+            expect.append((not policies, "a NetworkPolicy with networkPolicy.enabled=false"))
         port = merged["adminPort"]
         expect.append((flag_value(args, "--admin-listen") == f"0.0.0.0:{port}"
                        and dep["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] == port,

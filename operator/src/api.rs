@@ -52,6 +52,7 @@ pub const MAX_CONTAINER_NAME_LEN: u64 = 63;
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas", description = "Desired number of pods"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Pods that pass their readiness probe"),
     printcolumn(name = "Up-To-Date", type_ = "integer", json_path = ".status.updatedReplicas", description = "Pods running the current template", priority = "1"),
+    printcolumn(name = "Draining", type_ = "integer", json_path = ".status.drainingReplicas", description = "Pods deleted and still draining"),
     printcolumn(name = "Drain-Timeout", type_ = "integer", json_path = ".spec.drain.timeoutSeconds", description = "Seconds in-flight requests get to finish before they are aborted"),
     printcolumn(name = "Grace-Period", type_ = "integer", json_path = ".status.terminationGracePeriodSeconds", description = "Computed terminationGracePeriodSeconds of the pods"),
     printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Reason of the Ready condition", priority = "1"),
@@ -100,6 +101,11 @@ pub struct InferenceDeploymentSpec {
     /// The injected quiesce sidecar.
     #[serde(default)]
     pub sidecar: SidecarSpec,
+
+    /// Which pods go first when the replica count goes down (kubectl scale,
+    /// a HorizontalPodAutoscaler, KEDA, an edit of spec.replicas).
+    #[serde(default)]
+    pub scale_in: ScaleInSpec,
 }
 
 fn default_replicas() -> i32 {
@@ -373,6 +379,39 @@ impl Default for ServiceSpec {
     }
 }
 
+/// Which pods go first when the replica count goes down.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleInSpec {
+    /// IdleFirst: before it lowers the Deployment's replicas, the operator
+    /// reads the load of each Ready pod from its sidecar and sets
+    /// controller.kubernetes.io/pod-deletion-cost so that the idlest pods
+    /// are removed first; a pod whose load cannot be read counts as busy.
+    /// Default: the ReplicaSet controller picks, knowing nothing of the load.
+    #[serde(default)]
+    pub policy: ScaleInPolicy,
+}
+
+/// How the pods to remove at a scale-in are picked.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ScaleInPolicy {
+    /// The idlest pods go first, by their sidecars' load reports.
+    #[default]
+    IdleFirst,
+    /// The ReplicaSet controller's own choice.
+    Default,
+}
+
+impl ScaleInPolicy {
+    /// The policy's name as written in the resource, and as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::IdleFirst => "IdleFirst",
+            Self::Default => "Default",
+        }
+    }
+}
+
 /// The PodDisruptionBudget that bounds voluntary evictions.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -449,6 +488,11 @@ pub struct InferenceDeploymentStatus {
     /// Pods ready for at least minReadySeconds.
     #[serde(default)]
     pub available_replicas: i32,
+
+    /// Pods deleted and still draining: finishing their in-flight work
+    /// before they exit.
+    #[serde(default)]
+    pub draining_replicas: i32,
 
     /// Label selector of the pods, in string form (for the scale subresource
     /// and HorizontalPodAutoscalers).

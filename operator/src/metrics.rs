@@ -14,6 +14,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use crate::api::ScaleInPolicy;
+use crate::controller::scale_in::Outcome;
+
 /// How a reconcile ended.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -111,6 +114,17 @@ const RECONCILE_DURATION_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Requests in flight on a removed pod: 0 is the goal.
+const IN_FLIGHT_BUCKETS: [f64; 9] = [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
+/// Reading every pod's load at once: milliseconds, at most the timeout.
+const LOAD_READ_BUCKETS: [f64; 9] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: &'static str,
+}
+
 /// The metrics the controller and the leader election update.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -118,6 +132,10 @@ pub struct Metrics {
     failures: Family<ReasonLabels, Counter>,
     duration: Histogram,
     leader: Gauge,
+    scale_ins: Family<PolicyLabels, Counter>,
+    removed_in_flight: Histogram,
+    mischosen: Counter,
+    load_read: Histogram,
 }
 
 impl Metrics {
@@ -129,6 +147,10 @@ impl Metrics {
             failures: Family::default(),
             duration: Histogram::new(RECONCILE_DURATION_BUCKETS),
             leader: Gauge::default(),
+            scale_ins: Family::default(),
+            removed_in_flight: Histogram::new(IN_FLIGHT_BUCKETS),
+            mischosen: Counter::default(),
+            load_read: Histogram::new(LOAD_READ_BUCKETS),
         };
         registry.register(
             "reconciles",
@@ -151,6 +173,26 @@ impl Metrics {
             metrics.leader.clone(),
         );
         registry.register(
+            "scale_ins",
+            "Scale-ins of InferenceDeployments, by spec.scaleIn.policy",
+            metrics.scale_ins.clone(),
+        );
+        registry.register(
+            "scale_in_removed_in_flight",
+            "Requests in flight on each pod a scale-in removed, as it began to drain",
+            metrics.removed_in_flight.clone(),
+        );
+        registry.register(
+            "scale_in_mischosen",
+            "Pods a scale-in removed that were busier than a pod it kept, as they began to drain",
+            metrics.mischosen.clone(),
+        );
+        registry.register(
+            "scale_in_load_read_duration_seconds",
+            "Time to read the load of every Ready pod of a scale-in, all at once",
+            metrics.load_read.clone(),
+        );
+        registry.register(
             "build",
             "Build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -160,6 +202,10 @@ impl Metrics {
         }
         for reason in FailureReason::ALL {
             let _ = metrics.failures.get_or_create(&ReasonLabels { reason });
+        }
+        for policy in [ScaleInPolicy::IdleFirst, ScaleInPolicy::Default] {
+            let policy = policy.as_str();
+            let _ = metrics.scale_ins.get_or_create(&PolicyLabels { policy });
         }
         metrics
     }
@@ -197,11 +243,39 @@ impl Metrics {
         self.leader.set(i64::from(leader));
     }
 
+    /// Counts a scale-in under `policy`.
+    pub fn scaled_in(&self, policy: ScaleInPolicy) {
+        let policy = policy.as_str();
+        self.scale_ins.get_or_create(&PolicyLabels { policy }).inc();
+    }
+
+    /// Records how long reading the loads of a scale-in took.
+    pub fn loads_read(&self, took: std::time::Duration) {
+        self.load_read.observe(took.as_secs_f64());
+    }
+
+    /// Records what a scale-in removed: each removed pod's requests in
+    /// flight (when known), and the pods busier than one kept.
+    pub fn scale_in_outcome(&self, outcome: &Outcome) {
+        for pod in &outcome.removed {
+            if let Ok(work) = &pod.load {
+                self.removed_in_flight.observe(f64::from(work.in_flight));
+            }
+        }
+        self.mischosen.inc_by(outcome.mischosen() as u64);
+    }
+
     /// How many reconciles ended with `result`.
     pub fn reconciles(&self, result: ReconcileResult) -> u64 {
         self.reconciles
             .get_or_create(&ResultLabels { result })
             .get()
+    }
+
+    /// How many scale-ins ran under `policy`.
+    pub fn scale_ins(&self, policy: ScaleInPolicy) -> u64 {
+        let policy = policy.as_str();
+        self.scale_ins.get_or_create(&PolicyLabels { policy }).get()
     }
 
     /// How many failures had `reason`.

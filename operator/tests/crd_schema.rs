@@ -101,7 +101,14 @@ fn crd_has_names_subresources_and_printer_columns() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    for wanted in ["Replicas", "Ready", "Drain-Timeout", "Grace-Period", "Age"] {
+    for wanted in [
+        "Replicas",
+        "Ready",
+        "Draining",
+        "Drain-Timeout",
+        "Grace-Period",
+        "Age",
+    ] {
         assert!(
             columns.contains(&wanted),
             "no {wanted} column in {columns:?}"

@@ -10,11 +10,23 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::events::{Event, EventType};
 
 use super::plan::DrainChange;
+use super::scale_in::{Outcome, PodLoad, list};
 use super::status::{RECONCILED, truncate};
+use crate::api::ScaleInPolicy;
 
 /// Normal event: the pods' drain settings (and so their grace period)
 /// changed; the Deployment rolls the pods.
 pub const DRAIN_SETTINGS_CHANGED: &str = "DrainSettingsChanged";
+
+/// Normal event: a scale-in set the pods' deletion costs, idlest first.
+pub const SCALING_IN: &str = "ScalingIn";
+/// Normal event: the pods of a scale-in were removed; their load then.
+pub const SCALED_IN: &str = "ScaledIn";
+/// Warning event: the pods' deletion costs could not be set; the
+/// ReplicaSet controller picks the pods to remove unaided.
+pub const SCALE_IN_UNPREPARED: &str = "ScaleInUnprepared";
+/// Action of the scale-in events.
+pub const SCALE_IN_ACTION: &str = "ScaleIn";
 
 /// Action of the events about the Deployment's pod template.
 pub const ROLL_OUT_ACTION: &str = "RollOut";
@@ -59,6 +71,58 @@ pub fn degraded_changed(old: Option<&Condition>, new: Option<&Condition>) -> Opt
         action: RECONCILE_ACTION.to_owned(),
         secondary: None,
     })
+}
+
+fn scale_in_event(type_: EventType, reason: &str, note: String) -> Event {
+    Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(truncate(note, MAX_NOTE_LEN)),
+        action: SCALE_IN_ACTION.to_owned(),
+        secondary: None,
+    }
+}
+
+/// The Normal event of an idle-first scale-in from `from` to `to` replicas:
+/// the pods expected to go (`going`) and the others, with their load.
+pub fn scaling_in(from: i32, to: i32, going: &[PodLoad], staying: &[PodLoad]) -> Event {
+    scale_in_event(
+        EventType::Normal,
+        SCALING_IN,
+        format!(
+            "replicas {from} -> {to}, idlest first: removing {}; keeping {}",
+            list(going),
+            list(staying)
+        ),
+    )
+}
+
+/// The Normal event once the pods of a scale-in are gone: which went, and
+/// their load as they began to drain.
+pub fn scaled_in(from: i32, to: i32, policy: ScaleInPolicy, outcome: &Outcome) -> Event {
+    let mut note = format!(
+        "replicas {from} -> {to} ({}): removed {}; kept {}",
+        policy.as_str(),
+        list(&outcome.removed),
+        list(&outcome.kept)
+    );
+    match outcome.mischosen() {
+        0 => {}
+        n => note.push_str(&format!("; {n} removed pods were busier than a kept one")),
+    }
+    scale_in_event(EventType::Normal, SCALED_IN, note)
+}
+
+/// The Warning event of a scale-in whose deletion costs could not be set.
+pub fn scale_in_unprepared(error: &str) -> Event {
+    scale_in_event(
+        EventType::Warning,
+        SCALE_IN_UNPREPARED,
+        format!(
+            "could not set the pods' deletion costs ({error}); the ReplicaSet controller picks the \
+             pods to remove. Does the operator's role grant list and patch on pods?"
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -119,5 +183,29 @@ mod tests {
         let long = degraded("True", "ApplyFailed", &"x".repeat(5000));
         let note = degraded_changed(None, Some(&long)).unwrap().note.unwrap();
         assert!(note.len() <= MAX_NOTE_LEN);
+    }
+
+    #[test]
+    fn a_scaled_in_event_names_the_pods_and_counts_the_mischosen() {
+        let pod = |name: &str, in_flight| PodLoad {
+            name: name.to_owned(),
+            load: Ok(quiesce_protocol::Work {
+                in_flight,
+                ..Default::default()
+            }),
+        };
+        let outcome = Outcome {
+            removed: vec![pod("a", 2)],
+            kept: vec![pod("b", 0)],
+        };
+        let event = scaled_in(2, 1, ScaleInPolicy::Default, &outcome);
+        assert_eq!(event.reason, SCALED_IN);
+        assert_eq!(
+            event.note.as_deref(),
+            Some(
+                "replicas 2 -> 1 (Default): removed a (2 in flight, 0 queued); kept b (0 in \
+                 flight, 0 queued); 1 removed pods were busier than a kept one"
+            )
+        );
     }
 }

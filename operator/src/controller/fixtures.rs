@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::client::Body;
 use kube::runtime::events::Reporter;
@@ -130,6 +130,9 @@ pub fn service_path() -> String {
 pub fn budget_path() -> String {
     format!("/apis/policy/v1/namespaces/{NAMESPACE}/poddisruptionbudgets/{NAME}")
 }
+pub fn pods_path() -> String {
+    format!("/api/v1/namespaces/{NAMESPACE}/pods")
+}
 pub fn status_path() -> String {
     format!("/apis/quiesce.dev/v1alpha1/namespaces/{NAMESPACE}/inferencedeployments/{NAME}/status")
 }
@@ -148,6 +151,15 @@ pub enum Scenario {
     StatusOnly(Existing),
     /// A new replica count: three reads, apply the Deployment, the status.
     ApplyDeployment(Existing),
+    /// A lower replica count: three reads, the pods listed (answered with
+    /// `pods`), a ScalingIn event if `event`, `patches` pod patches in any
+    /// order, apply the Deployment, the status.
+    ScaleIn {
+        existing: Existing,
+        pods: Vec<Pod>,
+        event: bool,
+        patches: usize,
+    },
     /// New drain settings: three reads, apply the Deployment, a
     /// DrainSettingsChanged event, the status.
     DrainChange(Existing),
@@ -178,6 +190,8 @@ pub struct Seen {
     pub events: Vec<Value>,
     /// Paths and bodies of the deletes, in order.
     pub deleted: Vec<(String, Value)>,
+    /// Pod names and merge patches, sorted by name.
+    pub pod_patches: Vec<(String, Value)>,
     /// Requests beyond the scenario (answered with a 500 so the reconcile
     /// ends): `METHOD URI`.
     pub unexpected: Vec<String>,
@@ -270,6 +284,48 @@ impl ApiServerVerifier {
             }
             Scenario::ApplyDeployment(existing) => {
                 self.reads(&existing).await;
+                let current = existing.deployment.as_ref();
+                let status = current.and_then(|d| d.status.as_ref());
+                seen.applied
+                    .push(self.apply(&deployment_path(), current, status).await);
+                seen.statuses.push(self.status().await);
+            }
+            Scenario::ScaleIn {
+                existing,
+                pods,
+                event,
+                patches,
+            } => {
+                self.reads(&existing).await;
+                let (call, send) = self.next().await;
+                assert_eq!((call.method, call.path), (Method::GET, pods_path()));
+                assert!(
+                    call.query
+                        .contains("labelSelector=quiesce.dev%2Finference-deployment%3Ddemo"),
+                    "{}",
+                    call.query
+                );
+                let list =
+                    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods});
+                respond(send, (StatusCode::OK, list));
+                if event {
+                    seen.events.push(self.event().await);
+                }
+                for _ in 0..patches {
+                    let (call, send) = self.next().await;
+                    assert_eq!(call.method, Method::PATCH);
+                    assert_eq!(call.content_type, "application/merge-patch+json");
+                    let name = call.path.rsplit('/').next().unwrap_or_default().to_owned();
+                    respond(
+                        send,
+                        (
+                            StatusCode::OK,
+                            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}}),
+                        ),
+                    );
+                    seen.pod_patches.push((name, call.body));
+                }
+                seen.pod_patches.sort_by(|a, b| a.0.cmp(&b.0));
                 let current = existing.deployment.as_ref();
                 let status = current.and_then(|d| d.status.as_ref());
                 seen.applied

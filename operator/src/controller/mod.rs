@@ -23,6 +23,7 @@ pub mod backoff;
 mod error;
 pub mod events;
 pub mod plan;
+pub mod scale_in;
 pub mod status;
 
 #[cfg(test)]
@@ -32,21 +33,21 @@ mod tests;
 
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -55,9 +56,9 @@ use tracing::{debug, info, warn};
 pub use self::error::{Error, describe};
 use self::plan::{Existing, Plan, Step};
 use self::status::{DEGRADED, Observed, Problem, desired_status, find_condition};
-use crate::api::{InferenceDeployment, InferenceDeploymentStatus};
+use crate::api::{InferenceDeployment, InferenceDeploymentStatus, ScaleInPolicy};
 use crate::metrics::{FailureReason, Metrics, ReconcileResult};
-use crate::render::labels::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::render::labels::{MANAGED_BY, MANAGED_BY_LABEL, SELECTOR_LABEL};
 use crate::render::{self, Conflict, RenderConfig};
 
 /// The one field manager of every write, objects and status alike.
@@ -82,6 +83,9 @@ pub struct Context {
     render_config: RenderConfig,
     metrics: Metrics,
     backoff: backoff::FailureBackoff,
+    /// The pods of every InferenceDeployment, metadata only, as the running
+    /// controller's pod watch sees them.
+    pods: RwLock<Store<PartialObjectMeta<Pod>>>,
 }
 
 impl Context {
@@ -99,7 +103,27 @@ impl Context {
             render_config,
             metrics,
             backoff: backoff::FailureBackoff::default(),
+            pods: RwLock::new(reflector::store().0),
         }
+    }
+
+    fn pods(&self) -> Store<PartialObjectMeta<Pod>> {
+        self.pods.read().expect("pod store lock").clone()
+    }
+
+    /// The pods of InferenceDeployment `namespace/name` that are deleted and
+    /// not yet gone, by name.
+    fn deleted_pods(&self, namespace: &str, name: &str) -> Vec<String> {
+        self.pods()
+            .state()
+            .iter()
+            .filter(|pod| {
+                pod.metadata.deletion_timestamp.is_some()
+                    && pod.metadata.namespace.as_deref() == Some(namespace)
+                    && pod.labels().get(SELECTOR_LABEL).map(String::as_str) == Some(name)
+            })
+            .map(|pod| pod.name_any())
+            .collect()
     }
 
     /// The metrics the reconciles update.
@@ -200,6 +224,17 @@ pub async fn run(
     // Only our objects: a cluster-wide watch of every Deployment would cache
     // all of them.
     let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    // The pods, metadata only: their deletions make status.drainingReplicas
+    // and tell a scale-in which pods went.
+    let (pods, writer) = reflector::store();
+    *ctx.pods.write().expect("pod store lock") = pods;
+    let pod_events = watcher(
+        api::<PartialObjectMeta<Pod>>(client, namespace),
+        watcher::Config::default().labels(SELECTOR_LABEL),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .touched_objects();
     let controller = Controller::new(
         api::<InferenceDeployment>(client, namespace),
         watcher::Config::default(),
@@ -207,6 +242,10 @@ pub async fn run(
     .owns(api::<Deployment>(client, namespace), ours.clone())
     .owns(api::<Service>(client, namespace), ours.clone())
     .owns(api::<PodDisruptionBudget>(client, namespace), ours)
+    .watches_stream(pod_events, |pod| {
+        let name = pod.labels().get(SELECTOR_LABEL)?;
+        Some(ObjectRef::new(name).within(&pod.namespace()?))
+    })
     .with_config(controller::Config::default().debounce(DEBOUNCE));
     let store = controller.store();
     let stopping = shutdown.shared();
@@ -243,7 +282,7 @@ pub async fn run(
 
 async fn reconcile_resource(
     resource: &InferenceDeployment,
-    ctx: &Context,
+    ctx: &Arc<Context>,
 ) -> Result<Outcome, Error> {
     if resource.metadata.deletion_timestamp.is_some() {
         // The garbage collector deletes the owned objects; applying them now
@@ -262,6 +301,7 @@ async fn reconcile_resource(
         .ok_or(Error::Incomplete("metadata.namespace"))?;
     let objects = Objects::new(&ctx.client, namespace, name);
     let existing = objects.fetch().await?;
+    let draining_pods = i32::try_from(ctx.deleted_pods(namespace, name).len()).unwrap_or(i32::MAX);
 
     let rendered = match render::render(resource, &ctx.render_config) {
         Ok(rendered) => rendered,
@@ -273,6 +313,7 @@ async fn reconcile_resource(
                 deployment: existing.deployment.as_ref(),
                 problem: Some(&problem),
                 conflicts: &[],
+                draining_pods,
             };
             report.write(ctx, &objects).await?;
             let reason = match error {
@@ -292,6 +333,7 @@ async fn reconcile_resource(
                 deployment: existing.deployment.as_ref(),
                 problem: Some(&problem),
                 conflicts: &conflicts,
+                draining_pods,
             };
             report.write_best_effort(ctx, &objects).await;
             return Err(not_owned.into());
@@ -309,6 +351,7 @@ async fn reconcile_resource(
                 deployment: deployment.as_ref(),
                 problem: Some(&problem),
                 conflicts: &conflicts,
+                draining_pods,
             };
             report.write_best_effort(ctx, &objects).await;
             return Err(error);
@@ -319,6 +362,7 @@ async fn reconcile_resource(
         deployment: deployment.as_ref(),
         problem: None,
         conflicts: &conflicts,
+        draining_pods,
     };
     let wrote_status = report.write(ctx, &objects).await?;
     Ok(if wrote_objects || wrote_status {
@@ -338,13 +382,26 @@ async fn execute(
     plan: Plan,
     existing: &Existing,
     resource: &InferenceDeployment,
-    ctx: &Context,
+    ctx: &Arc<Context>,
     objects: &Objects,
     deployment: &mut Option<Deployment>,
 ) -> Result<bool, Error> {
     let mut wrote = false;
     if let Step::Apply(desired) = plan.deployment {
+        let scale_in = scale_in_of(existing.deployment.as_ref(), &desired);
+        let before = match scale_in {
+            Some((from, to)) => Some(prepare_scale_in(ctx, resource, objects, from, to).await),
+            None => None,
+        };
         let applied = objects.apply(&objects.deployments, &desired).await?;
+        if let (Some((from, to)), Some(before)) = (scale_in, before) {
+            tokio::spawn(follow_scale_in(
+                ctx.clone(),
+                resource.clone(),
+                (from, to),
+                before,
+            ));
+        }
         if changed(existing.deployment.as_ref(), &applied) {
             wrote = true;
             info!(
@@ -371,6 +428,136 @@ async fn execute(
     Ok(wrote)
 }
 
+/// The replica counts `(from, to)` when applying `desired` lowers them.
+fn scale_in_of(current: Option<&Deployment>, desired: &Deployment) -> Option<(i32, i32)> {
+    // The Deployment's own default.
+    let replicas = |d: &Deployment| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let (from, to) = (replicas(current?), replicas(desired));
+    (to < from).then_some((from, to))
+}
+
+/// Before a scale-in from `from` to `to`: under IdleFirst, reads every
+/// Ready pod's load and sets the deletion costs, idlest first; under
+/// Default, removes the costs quiesce set earlier. Returns the Ready pods
+/// and how many of them should go. A failure here does not hold up the
+/// scale-in: a Warning event says the ReplicaSet controller picks unaided.
+async fn prepare_scale_in(
+    ctx: &Context,
+    resource: &InferenceDeployment,
+    objects: &Objects,
+    from: i32,
+    to: i32,
+) -> (Vec<scale_in::Candidate>, usize) {
+    let policy = resource.spec.scale_in.policy;
+    ctx.metrics.scaled_in(policy);
+    let pods = match scale_in::list_pods(&objects.pods, &objects.name).await {
+        Ok(pods) => pods,
+        Err(error) => {
+            let error = describe(&error);
+            warn!(
+                namespace = objects.namespace,
+                name = objects.name,
+                "scale-in: cannot list the pods: {error}"
+            );
+            publish(ctx, resource, events::scale_in_unprepared(&error)).await;
+            return (Vec::new(), 0);
+        }
+    };
+    let candidates = scale_in::candidates(&pods);
+    // Pods that are not Ready go first whatever their cost.
+    let alive = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .count();
+    let removed = usize::try_from(from - to)
+        .unwrap_or(0)
+        .saturating_sub(alive - candidates.len());
+    let now = Timestamp::now();
+    let mut patches = Vec::new();
+    if policy == ScaleInPolicy::IdleFirst {
+        let started = Instant::now();
+        let mut loads = scale_in::read_loads(&candidates).await;
+        ctx.metrics.loads_read(started.elapsed());
+        scale_in::idlest_first(&mut loads);
+        let (going, staying) = loads.split_at(removed.min(loads.len()));
+        info!(
+            namespace = objects.namespace,
+            name = objects.name,
+            from,
+            to,
+            read_ms = started.elapsed().as_millis(),
+            "scale-in, idlest first: removing {}; keeping {}",
+            scale_in::list(going),
+            scale_in::list(staying)
+        );
+        publish(ctx, resource, events::scaling_in(from, to, going, staying)).await;
+        patches.extend(loads.iter().map(|pod| {
+            (
+                pod.name.clone(),
+                scale_in::cost_patch(Some(pod.cost()), now),
+            )
+        }));
+    }
+    // Costs of earlier scale-ins mislead this one: remove them.
+    let sampled: Vec<String> = patches.iter().map(|(name, _)| name.clone()).collect();
+    patches.extend(
+        pods.iter()
+            .filter(|pod| scale_in::has_our_cost(pod) && !sampled.contains(&pod.name_any()))
+            .map(|pod| (pod.name_any(), scale_in::cost_patch(None, now))),
+    );
+    if let Err(error) = scale_in::patch_pods(&objects.pods, patches).await {
+        let error = describe(&error);
+        warn!(
+            namespace = objects.namespace,
+            name = objects.name,
+            "scale-in: cannot set the deletion costs: {error}"
+        );
+        publish(ctx, resource, events::scale_in_unprepared(&error)).await;
+    }
+    (candidates, removed)
+}
+
+/// After a scale-in: once the ReplicaSet controller deleted its pods, reads
+/// the load of the removed and the kept ones, counts them in the metrics and
+/// records which went in a ScaledIn event.
+async fn follow_scale_in(
+    ctx: Arc<Context>,
+    resource: InferenceDeployment,
+    (from, to): (i32, i32),
+    (candidates, removed): (Vec<scale_in::Candidate>, usize),
+) {
+    if removed == 0 {
+        return;
+    }
+    let namespace = resource.namespace().unwrap_or_default();
+    let name = resource.name_any();
+    let deleted_now = || ctx.deleted_pods(&namespace, &name);
+    let Some(outcome) = scale_in::follow(candidates, removed, deleted_now).await else {
+        debug!(
+            namespace,
+            name, "scale-in: the pods were not deleted in time to follow"
+        );
+        return;
+    };
+    ctx.metrics.scale_in_outcome(&outcome);
+    let policy = resource.spec.scale_in.policy;
+    info!(
+        namespace,
+        name,
+        policy = policy.as_str(),
+        mischosen = outcome.mischosen(),
+        "scale-in done: removed {}; kept {}",
+        scale_in::list(&outcome.removed),
+        scale_in::list(&outcome.kept)
+    );
+    publish(
+        &ctx,
+        &resource,
+        events::scaled_in(from, to, policy, &outcome),
+    )
+    .await;
+}
+
 /// Whether `applied`, as the API server returned it, is a new version of
 /// `before`.
 fn changed<K: Resource>(before: Option<&K>, applied: &K) -> bool {
@@ -384,6 +571,7 @@ struct Report<'a> {
     deployment: Option<&'a Deployment>,
     problem: Option<&'a Problem>,
     conflicts: &'a [Conflict],
+    draining_pods: i32,
 }
 
 impl Report<'_> {
@@ -398,6 +586,7 @@ impl Report<'_> {
                 deployment: self.deployment,
                 problem: self.problem,
                 conflicts: self.conflicts,
+                draining_pods: self.draining_pods,
             },
             &now,
         );
@@ -452,6 +641,7 @@ struct Objects {
     deployments: Api<Deployment>,
     services: Api<Service>,
     budgets: Api<PodDisruptionBudget>,
+    pods: Api<Pod>,
 }
 
 impl Objects {
@@ -463,6 +653,7 @@ impl Objects {
             deployments: Api::namespaced(client.clone(), namespace),
             services: Api::namespaced(client.clone(), namespace),
             budgets: Api::namespaced(client.clone(), namespace),
+            pods: Api::namespaced(client.clone(), namespace),
         }
     }
 

@@ -134,6 +134,9 @@ pub struct Observed<'a> {
     pub problem: Option<&'a Problem>,
     /// User fields kept instead of quiesce's.
     pub conflicts: &'a [Conflict],
+    /// Pods of the resource deleted and not yet gone, as the pod watch sees
+    /// them (before Kubernetes 1.33 a Deployment does not count them).
+    pub draining_pods: i32,
 }
 
 /// The status to store: counts from the Deployment, the three conditions.
@@ -151,7 +154,9 @@ pub fn desired_status(observed: Observed<'_>, now: &Time) -> InferenceDeployment
         previous.and_then(|status| status.observed_generation)
     };
 
-    let rollout = observed.deployment.map(Rollout::of);
+    let rollout = observed
+        .deployment
+        .map(|deployment| Rollout::of(deployment, observed.draining_pods));
     let grace_period = observed.deployment.and_then(grace_period_of);
     let previous_conditions = previous.map_or(&[][..], |status| &status.conditions[..]);
     let condition = |(type_, status, reason, message): (&str, bool, &str, String)| {
@@ -187,6 +192,7 @@ pub fn desired_status(observed: Observed<'_>, now: &Time) -> InferenceDeployment
         ready_replicas: rollout.as_ref().map_or(0, |r| r.ready),
         updated_replicas: rollout.as_ref().map_or(0, |r| r.updated),
         available_replicas: rollout.as_ref().map_or(0, |r| r.available),
+        draining_replicas: rollout.as_ref().map_or(0, |r| r.terminating),
         selector: Some(selector_string(name)),
         termination_grace_period_seconds: grace_period,
         conditions,
@@ -225,7 +231,7 @@ struct Rollout {
 }
 
 impl Rollout {
-    fn of(deployment: &Deployment) -> Self {
+    fn of(deployment: &Deployment, draining_pods: i32) -> Self {
         let spec_replicas = deployment.spec.as_ref().and_then(|spec| spec.replicas);
         let status = deployment.status.clone().unwrap_or_default();
         let conditions = status.conditions.as_deref().unwrap_or_default();
@@ -242,7 +248,7 @@ impl Rollout {
             ready: status.ready_replicas.unwrap_or(0),
             updated: status.updated_replicas.unwrap_or(0),
             available: status.available_replicas.unwrap_or(0),
-            terminating: status.terminating_replicas.unwrap_or(0),
+            terminating: status.terminating_replicas.unwrap_or(0).max(draining_pods),
             observed: match (deployment.metadata.generation, status.observed_generation) {
                 (Some(generation), Some(seen)) => seen >= generation,
                 (None, _) => true,
@@ -527,6 +533,7 @@ mod tests {
                 deployment,
                 problem,
                 conflicts: &[],
+                draining_pods: 0,
             },
             &at(1000),
         )
@@ -789,6 +796,7 @@ mod tests {
                 deployment: Some(&deployment),
                 problem: None,
                 conflicts: &conflicts,
+                draining_pods: 0,
             },
             &at(1000),
         );
@@ -821,6 +829,7 @@ mod tests {
                 deployment: Some(&deployment_ready),
                 problem: None,
                 conflicts: &[],
+                draining_pods: 0,
             },
             &at(2000),
         );
@@ -834,6 +843,7 @@ mod tests {
                 deployment: Some(&scaling),
                 problem: None,
                 conflicts: &[],
+                draining_pods: 0,
             },
             &at(2000),
         );
@@ -853,6 +863,7 @@ mod tests {
                 deployment: Some(&unavailable),
                 problem: None,
                 conflicts: &[],
+                draining_pods: 0,
             },
             &at(3000),
         );

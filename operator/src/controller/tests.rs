@@ -12,8 +12,8 @@ use serde_json::Value;
 use super::fixtures::*;
 use super::plan::Existing;
 use super::status::{DEGRADED, PROGRESSING, READY, find_condition};
-use super::{Context, Error, error_policy, reconcile};
-use crate::api::{InferenceDeployment, InferenceDeploymentStatus};
+use super::{Context, Error, error_policy, reconcile, scale_in};
+use crate::api::{InferenceDeployment, InferenceDeploymentStatus, ScaleInPolicy};
 use crate::metrics::{FailureReason, ReconcileResult};
 
 /// A context on a mock API server that plays one scenario per reconcile.
@@ -472,4 +472,180 @@ async fn a_shutdown_before_the_first_list_stops_at_once() {
     )
     .await;
     assert!(stopped.is_ok(), "the controller did not stop");
+}
+
+/// A sidecar that answers `GET /load` with `report`; its port.
+async fn sidecar_reporting(report: &'static str) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route("/load", axum::routing::get(move || async move { report }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// A pod of the resource whose sidecar listens on 127.0.0.1:`port`.
+fn pod(name: &str, port: u16, ready: bool, our_cost: bool) -> k8s_openapi::api::core::v1::Pod {
+    let annotations = if our_cost {
+        serde_json::json!({scale_in::DELETION_COST_ANNOTATION: "0", scale_in::LOAD_SAMPLED_ANNOTATION: "2026-12-01T00:00:00Z"})
+    } else {
+        serde_json::json!({})
+    };
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": NAMESPACE, "annotations": annotations},
+        "spec": {
+            "initContainers": [{"name": "quiesce-sidecar", "ports": [{"name": "quiesce", "containerPort": port}]}],
+            "containers": [{"name": "engine"}],
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": "127.0.0.1",
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+        },
+    }))
+    .unwrap()
+}
+
+const IDLE: &str =
+    r#"{"in_flight":0,"queued":0,"kv_transfers":0,"draining":false,"sample_age_ms":12}"#;
+const BUSY: &str =
+    r#"{"in_flight":3,"queued":1,"kv_transfers":0,"draining":false,"sample_age_ms":12}"#;
+const BLIND: &str = r#"{"in_flight":null,"queued":null,"kv_transfers":null,"draining":false,"sample_age_ms":12,"unknown":"gauge_missing"}"#;
+
+fn cost_of(patch: &Value) -> &Value {
+    &patch["metadata"]["annotations"][scale_in::DELETION_COST_ANNOTATION]
+}
+
+#[tokio::test]
+async fn an_idle_first_scale_in_sets_deletion_costs_from_the_sidecars_before_it_scales() {
+    let mut api = Harness::new();
+    let existing = stored(
+        &resource("  replicas: 4\n"),
+        deployment_status((4, 3, 4, 3)),
+    );
+    let gone = {
+        // Bound and released: nothing answers there.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let pods = vec![
+        pod("busy", sidecar_reporting(BUSY).await, true, false),
+        pod("idle", sidecar_reporting(IDLE).await, true, false),
+        pod("blind", sidecar_reporting(BLIND).await, true, false),
+        pod("silent", gone, true, false),
+        // Not Ready: the ReplicaSet controller takes it first, whatever its cost.
+        pod("loading", sidecar_reporting(IDLE).await, false, true),
+    ];
+    let scenario = Scenario::ScaleIn {
+        existing,
+        pods,
+        event: true,
+        patches: 5,
+    };
+    let (result, seen) = api.reconcile(&resource("  replicas: 3\n"), scenario).await;
+    result.unwrap();
+    let costs: Vec<(&str, &Value)> = seen
+        .pod_patches
+        .iter()
+        .map(|(name, patch)| (name.as_str(), cost_of(patch)))
+        .collect();
+    assert_eq!(
+        costs,
+        [
+            ("blind", &Value::from("1000000")),
+            ("busy", &Value::from("400")),
+            ("idle", &Value::from("0")),
+            ("loading", &Value::Null),
+            ("silent", &Value::from("1000000")),
+        ],
+        "unknown counts as the busiest; an old cost is removed"
+    );
+    assert_eq!(seen.applied[0]["spec"]["replicas"], 3, "then it scales");
+    let note = seen.events[0]["note"].as_str().unwrap();
+    assert_eq!(seen.events[0]["reason"], "ScalingIn");
+    assert!(
+        note.starts_with("replicas 4 -> 3, idlest first: removing none; keeping idle (0 in flight, 0 queued), busy (3 in flight, 1 queued), blind (load unknown: gauge_missing), silent (load unknown: connect:"),
+        "the not-Ready pod goes, so none of the Ready ones: {note}"
+    );
+    assert_eq!(api.ctx.metrics().scale_ins(ScaleInPolicy::IdleFirst), 1);
+}
+
+#[tokio::test]
+async fn idle_first_removes_the_idlest_ready_pod() {
+    let mut api = Harness::new();
+    let existing = stored(
+        &resource("  replicas: 3\n"),
+        deployment_status((3, 3, 3, 3)),
+    );
+    let pods = vec![
+        pod("a", sidecar_reporting(BUSY).await, true, false),
+        pod("b", sidecar_reporting(IDLE).await, true, false),
+        pod("c", sidecar_reporting(BUSY).await, true, false),
+    ];
+    let scenario = Scenario::ScaleIn {
+        existing,
+        pods,
+        event: true,
+        patches: 3,
+    };
+    let (result, seen) = api.reconcile(&resource("  replicas: 2\n"), scenario).await;
+    result.unwrap();
+    let note = seen.events[0]["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("replicas 3 -> 2, idlest first: removing b (0 in flight, 0 queued); keeping a (3 in flight, 1 queued), c"),
+        "{note}"
+    );
+    assert_eq!(cost_of(&seen.pod_patches[1].1), "0");
+}
+
+#[tokio::test]
+async fn a_default_scale_in_reads_no_load_and_removes_old_costs() {
+    let mut api = Harness::new();
+    let existing = stored(
+        &resource("  replicas: 3\n  scaleIn: {policy: Default}\n"),
+        deployment_status((3, 3, 3, 3)),
+    );
+    let pods = vec![
+        pod("a", sidecar_reporting(IDLE).await, true, true),
+        pod("b", sidecar_reporting(IDLE).await, true, false),
+    ];
+    let scenario = Scenario::ScaleIn {
+        existing,
+        pods,
+        event: false,
+        patches: 1,
+    };
+    let scaled = resource("  replicas: 1\n  scaleIn: {policy: Default}\n");
+    let (result, seen) = api.reconcile(&scaled, scenario).await;
+    result.unwrap();
+    assert_eq!(seen.pod_patches.len(), 1);
+    assert_eq!(seen.pod_patches[0].0, "a");
+    assert_eq!(cost_of(&seen.pod_patches[0].1), &Value::Null);
+    assert!(seen.events.is_empty());
+    assert_eq!(api.ctx.metrics().scale_ins(ScaleInPolicy::Default), 1);
+}
+
+#[tokio::test]
+async fn a_load_report_is_bounded_in_size_and_time() {
+    let huge: &'static str =
+        Box::leak(format!("{{\"pad\":\"{}\"}}", "x".repeat(4096)).into_boxed_str());
+    let port = sidecar_reporting(huge).await;
+    let addr = ([127, 0, 0, 1], port).into();
+    let error = scale_in::read_load(addr, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(error.starts_with("body:"), "{error}");
+
+    // Accepts the connection and never answers.
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = mute.local_addr().unwrap();
+    let error = scale_in::read_load(addr, Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert_eq!(error, "no answer within 200 ms");
+
+    let port = sidecar_reporting("not json").await;
+    let error = scale_in::read_load(([127, 0, 0, 1], port).into(), Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(error.starts_with("not a load report"), "{error}");
 }
