@@ -155,7 +155,11 @@ async fn unknown_work_drains_to_the_timeout(flavor: Flavor, reason: &str) {
     assert_eq!(status["work_unknown"], reason, "{status}");
     let load = get_json(pod.sidecar_http, "/load").await;
     assert_eq!(load["unknown"], reason, "{load}");
-    assert_eq!(load["in_flight"], serde_json::Value::Null, "unknown is not 0: {load}");
+    assert_eq!(
+        load["in_flight"],
+        serde_json::Value::Null,
+        "unknown is not 0: {load}"
+    );
     let metrics = get_text(pod.sidecar_http, "/metrics").await;
     let series = format!("quiesce_engine_work_unknown{{reason=\"{reason}\"}} 1");
     assert!(metrics.contains(&series), "{metrics}");
