@@ -47,6 +47,14 @@ impl PodRecord {
             .find(|line| needles.iter().all(|n| line.contains(n)))
     }
 
+    /// How long its drain took, as its sidecar logged it.
+    pub fn drain_elapsed(&self) -> Option<Duration> {
+        self.log_line(&["drain finished"])?
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("elapsed_ms=")?.parse().ok())
+            .map(Duration::from_millis)
+    }
+
     /// From deletion to gone.
     pub fn termination(&self) -> Option<Duration> {
         Some(self.gone?.saturating_duration_since(self.deleting?))

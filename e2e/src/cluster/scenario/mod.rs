@@ -6,6 +6,7 @@ mod disruption;
 mod install;
 mod pod;
 mod rollout;
+mod scale_in;
 mod workload;
 
 use super::Suite;
@@ -28,6 +29,8 @@ pub enum Scenario {
     Drift,
     /// `kubectl scale` down under load and back up.
     Scale,
+    /// A scale-in removes the idle pod first (IdleFirst), beside Default.
+    ScaleIn,
     /// A HorizontalPodAutoscaler drives the scale subresource.
     Autoscale,
     /// The Eviction API: one eviction allowed and drained, the next refused.
@@ -42,7 +45,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::HelmInstall,
         Self::Crd,
         Self::Examples,
@@ -50,6 +53,7 @@ impl Scenario {
         Self::Rollout,
         Self::Drift,
         Self::Scale,
+        Self::ScaleIn,
         Self::Autoscale,
         Self::Eviction,
         Self::Failover,
@@ -67,6 +71,7 @@ impl Scenario {
             Self::Rollout => "rollout",
             Self::Drift => "drift",
             Self::Scale => "scale",
+            Self::ScaleIn => "scale-in",
             Self::Autoscale => "autoscale",
             Self::Eviction => "eviction",
             Self::Failover => "failover",
@@ -96,6 +101,10 @@ impl Scenario {
             }
             Self::Drift => "a removed preStop hook or sidecar comes back; a resync writes nothing",
             Self::Scale => "scaling down under load drains the removed pods and loses nothing",
+            Self::ScaleIn => {
+                "IdleFirst removes the idle pod at once and aborts nothing; Default, beside it, \
+                 picks blind"
+            }
             Self::Autoscale => "an HPA reads and writes the scale subresource",
             Self::Eviction => {
                 "an eviction the PDB allows drains and loses nothing; the next one gets 429"
@@ -123,6 +132,7 @@ impl Scenario {
             Self::Rollout => rollout::rollout(suite).await,
             Self::Drift => workload::drift(suite).await,
             Self::Scale => disruption::scale(suite).await,
+            Self::ScaleIn => scale_in::scale_in(suite).await,
             Self::Autoscale => disruption::autoscale(suite).await,
             Self::Eviction => disruption::eviction(suite).await,
             Self::Failover => rollout::failover(suite).await,

@@ -174,11 +174,10 @@ pub async fn pod(suite: &Suite) -> anyhow::Result<Figures> {
     let names = BTreeSet::from([record.name.clone()]);
     let removed = gone(&watch, &names, "the deleted pod is gone").await?;
     drained(suite, NAMESPACE, &removed).await?;
-    let drain_line = removed[0].log_line(&["drain finished"]).unwrap_or_default();
-    let drain_ms: u64 = drain_line
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix("elapsed_ms=")?.parse().ok())
-        .context("the sidecar logged no drain time")?;
+    let drain_ms = removed[0]
+        .drain_elapsed()
+        .context("the sidecar logged no drain time")?
+        .as_millis() as u64;
     let propagation_ms = manifests::drain().propagation_seconds as u64 * 1000;
     check!(
         drain_ms > propagation_ms,

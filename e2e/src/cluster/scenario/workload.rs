@@ -360,7 +360,7 @@ pub async fn reconciles(suite: &Suite, result: &str) -> anyhow::Result<u64> {
 }
 
 /// The /metrics of the operator pod that leads.
-async fn leader_metrics(suite: &Suite) -> anyhow::Result<String> {
+pub async fn leader_metrics(suite: &Suite) -> anyhow::Result<String> {
     let pod = leader(suite).await?;
     let request = http::Request::get(format!(
         "/api/v1/namespaces/{RELEASE_NAMESPACE}/pods/{pod}:8080/proxy/metrics"
