@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
+use quiesce_operator::api::ScaleInPolicy;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +68,9 @@ pub struct HarnessError {
 pub struct StrategyRun {
     /// The strategy.
     pub strategy: Strategy,
+    /// The policy, for a scale-in run ([`crate::scale_in`]) rather than a
+    /// rollout.
+    pub scale_in: Option<ScaleInPolicy>,
     /// Its termination settings, in words.
     pub settings: String,
     /// The propagation delay of the balancer.
@@ -87,6 +91,16 @@ pub struct StrategyRun {
     pub new: Vec<PodReport>,
     /// Every request, by start time.
     pub requests: Vec<RequestRecord>,
+}
+
+impl StrategyRun {
+    /// Its name in tables and lanes.
+    pub fn name(&self) -> &'static str {
+        match self.scale_in {
+            None => self.strategy.name(),
+            Some(policy) => crate::scale_in::name(policy),
+        }
+    }
 }
 
 /// A strategy's deployment, started but not rolled yet.
@@ -119,18 +133,19 @@ fn harness(strategy: Strategy, message: impl Into<String>) -> HarnessError {
     }
 }
 
-fn note(progress: &Option<ProgressSink>, strategy: Strategy, text: impl Into<String>) {
+/// Sends a note about `strategy` (a run's name) to `progress`.
+pub fn note(progress: &Option<ProgressSink>, strategy: &'static str, text: impl Into<String>) {
     if let Some(progress) = progress {
         let _ = progress.send(Progress::Note {
             at: Instant::now(),
-            strategy: strategy.name(),
+            strategy,
             text: text.into(),
         });
     }
 }
 
-/// Forwards a strategy's pod events to `progress`.
-fn pod_sink(progress: &Option<ProgressSink>) -> Option<EventSink> {
+/// Forwards a run's pod events to `progress`.
+pub fn pod_sink(progress: &Option<ProgressSink>) -> Option<EventSink> {
     let progress = progress.clone()?;
     let (sink, mut events) = mpsc::unbounded_channel::<PodEventRecord>();
     tokio::spawn(async move {
@@ -240,7 +255,7 @@ pub async fn roll_out(mut prepared: Prepared) -> Result<Rolling, HarnessError> {
     }
     note(
         &prepared.progress,
-        strategy,
+        strategy.name(),
         format!(
             "{} pods ready; load starts, rolling restart (maxSurge 1, maxUnavailable 0): {}",
             prepared.pods.len(),
@@ -262,7 +277,7 @@ pub async fn roll_out(mut prepared: Prepared) -> Result<Rolling, HarnessError> {
                     () = stop.cancelled() => return,
                     _ = every.tick() => note(
                         &progress,
-                        strategy,
+                        strategy.name(),
                         format!("requests: {}; in flight {}", stats.counts(), stats.in_flight()),
                     ),
                 }
@@ -291,7 +306,7 @@ pub async fn roll_out(mut prepared: Prepared) -> Result<Rolling, HarnessError> {
         load.stop_sending();
         note(
             &progress,
-            strategy,
+            strategy.name(),
             "every old pod deleted and out of the balancer: the load stops sending",
         );
         Instant::now()
@@ -322,7 +337,7 @@ pub async fn roll_out(mut prepared: Prepared) -> Result<Rolling, HarnessError> {
         Ok(rolled) => {
             note(
                 &prepared.progress,
-                strategy,
+                strategy.name(),
                 format!(
                     "rollout done in {:.1} s (last old pod gone)",
                     rolled.old_gone.duration_since(epoch).as_secs_f64()
@@ -417,11 +432,12 @@ pub async fn finish(rolling: Rolling) -> Result<StrategyRun, HarnessError> {
     }
     note(
         &prepared.progress,
-        strategy,
+        strategy.name(),
         "done: every pod stopped, no process left",
     );
     Ok(StrategyRun {
         strategy,
+        scale_in: None,
         settings: scenario.describe(strategy),
         propagation: Duration::from_secs(u64::from(scenario.propagation_seconds)),
         token_interval: scenario.token_interval,

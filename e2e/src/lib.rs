@@ -7,6 +7,7 @@
 //! with an endpoint propagation delay), [`load`] (verified streaming load),
 //! [`rollout`] (the Deployment controller's rolling update),
 //! [`strategy`] (the three pod templates), [`comparison`] (running them),
+//! [`scale_in`] (which pod a scale-in removes, by policy),
 //! [`report`] (the table and JSON) and [`timeline`] (the picture).
 //!
 //! The cluster suite (`quiesce-cluster`, docs/e2e.md) is [`cluster`]: the
@@ -23,6 +24,7 @@ pub mod pod;
 pub mod process;
 pub mod report;
 pub mod rollout;
+pub mod scale_in;
 pub mod stock_pod;
 pub mod strategy;
 pub mod timeline;

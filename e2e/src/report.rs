@@ -15,6 +15,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use quiesce_operator::api::ScaleInPolicy;
 use serde::Serialize;
 
 use crate::client::Classified;
@@ -73,8 +74,12 @@ pub struct PodSummary {
 /// One strategy's results.
 #[derive(Clone, Debug, Serialize)]
 pub struct StrategySummary {
-    /// `stock`, `fixed-sleep` or `quiesce`.
+    /// `stock`, `fixed-sleep` or `quiesce`; `scale-in IdleFirst` or
+    /// `scale-in Default` for a scale-in.
     pub name: &'static str,
+    /// The scale-in policy, for a scale-in run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_in: Option<&'static str>,
     /// Its termination settings.
     pub settings: String,
     /// Requests by outcome.
@@ -85,7 +90,8 @@ pub struct StrategySummary {
     /// Failed requests that the balancer sent to a pod that had already
     /// exited (stale routing during the propagation delay).
     pub refused: usize,
-    /// From the start of the rollout to the last old pod gone.
+    /// From the start of the rollout to the last old pod gone (for a
+    /// scale-in: from the scale to the removed pod gone).
     pub rollout_seconds: f64,
     /// From the start of the rollout to when the Deployment would call it
     /// complete (terminating pods do not count there).
@@ -133,7 +139,8 @@ pub fn summarize(run: &StrategyRun) -> StrategySummary {
         })
         .collect();
     StrategySummary {
-        name: run.strategy.name(),
+        name: run.name(),
+        scale_in: run.scale_in.map(ScaleInPolicy::as_str),
         settings: run.settings.clone(),
         requests: Counts::of(&run.requests),
         retried: run.requests.iter().filter(|r| r.attempts > 1).count(),
@@ -142,7 +149,10 @@ pub fn summarize(run: &StrategyRun) -> StrategySummary {
             .iter()
             .filter(|r| r.proxy_error.as_deref() == Some(crate::balancer::CONNECT_ERROR))
             .count(),
-        rollout_seconds: secs(run.old_gone.saturating_duration_since(run.epoch)),
+        rollout_seconds: secs(run.old_gone.saturating_duration_since(match run.scale_in {
+            Some(_) => run.load_stopped,
+            None => run.epoch,
+        })),
         complete_seconds: secs(run.completed.saturating_duration_since(run.epoch)),
         pods,
     }
@@ -162,8 +172,62 @@ pub fn short_name<'a>(strategy: &str, pod: &'a str) -> &'a str {
         .unwrap_or(pod)
 }
 
-/// The table printed at the end of a run.
+/// The table printed at the end of a run: the rollouts, then the
+/// scale-ins.
 pub fn table(summaries: &[StrategySummary]) -> String {
+    let (scale_ins, rollouts): (Vec<_>, Vec<_>) = summaries
+        .iter()
+        .cloned()
+        .partition(|s| s.scale_in.is_some());
+    let mut out = rollout_table(&rollouts);
+    if !scale_ins.is_empty() {
+        out.push_str(&scale_in_table(&scale_ins));
+    }
+    out
+}
+
+/// The scale-ins: which pod went, how long its drain held it (the
+/// GPU-seconds spent draining) and what was lost.
+fn scale_in_table(summaries: &[StrategySummary]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{:<20} {:>9} {:>7} {:>6}   removed pod: drained for (GPU-seconds) / ideal (s)",
+        "scale-in 3 -> 2", "completed", "aborted", "failed"
+    );
+    for s in summaries {
+        let pods: Vec<String> = s
+            .pods
+            .iter()
+            .map(|p| {
+                let value =
+                    |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+                format!(
+                    "{} {} / {}",
+                    p.name,
+                    value(p.termination_seconds),
+                    value(p.ideal_seconds)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<20} {:>9} {:>7} {:>6}   {}",
+            s.name,
+            s.requests.completed,
+            s.requests.aborted,
+            s.requests.failed,
+            pods.join("   ")
+        );
+    }
+    let _ = writeln!(out);
+    for s in summaries {
+        let _ = writeln!(out, "{:<20} {}", s.name, s.settings);
+    }
+    out
+}
+
+fn rollout_table(summaries: &[StrategySummary]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -268,6 +332,7 @@ mod tests {
     fn the_table_has_a_row_per_strategy_and_marks_kills() {
         let summary = StrategySummary {
             name: "quiesce",
+            scale_in: None,
             settings: "rendered pod".into(),
             requests: Counts {
                 completed: 10,
@@ -293,6 +358,25 @@ mod tests {
         assert!(row.starts_with("quiesce"), "{text}");
         assert!(row.contains("33.2 s") || row.contains("33.3 s"), "{text}");
         assert!(row.contains("old-1 7.9 / 7.9 KILLED"), "{text}");
+        let scale_in = StrategySummary {
+            name: "scale-in IdleFirst",
+            scale_in: Some("IdleFirst"),
+            ..summary.clone()
+        };
+        let text = table(&[summary.clone(), scale_in]);
+        let scale_in_row = text
+            .lines()
+            .find(|l| l.starts_with("scale-in IdleFirst "))
+            .unwrap();
+        assert!(
+            scale_in_row.contains("quiesce-old-1 7.9 / 7.9"),
+            "the removed pod's drain: {text}"
+        );
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("quiesce ")).count(),
+            2,
+            "one rollout row and its settings line: {text}"
+        );
         let json = serde_json::to_value(Report {
             strategies: vec![summary],
         })

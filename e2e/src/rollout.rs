@@ -168,7 +168,7 @@ fn revision(pods: &[LocalPod]) -> Revision {
 
 /// The ReplicaSet's choice when it scales down: a pod that is not ready
 /// first, then the one ready most recently.
-fn pick_victim(pods: &[LocalPod]) -> Option<usize> {
+pub fn pick_victim(pods: &[LocalPod]) -> Option<usize> {
     pods.iter()
         .enumerate()
         .filter(|(_, p)| {

@@ -107,9 +107,14 @@ pub fn render(runs: &[StrategyRun], summaries: &[StrategySummary], subtitle: &st
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="12">"#
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let title = if runs.iter().any(|r| r.scale_in.is_some()) {
+        "Rolling restart under load: three ways to stop a pod. Scale-in: which pod goes"
+    } else {
+        "Rolling restart under load: three ways to stop a pod"
+    };
     let _ = writeln!(
         svg,
-        r#"<text x="{LEFT}" y="24" font-size="17" font-weight="bold">Rolling restart under load: three ways to stop a pod</text>"#
+        r#"<text x="{LEFT}" y="24" font-size="17" font-weight="bold">{title}</text>"#
     );
     let _ = writeln!(
         svg,
@@ -150,6 +155,20 @@ pub fn render(runs: &[StrategyRun], summaries: &[StrategySummary], subtitle: &st
             WIDTH - 8.0
         );
         let c = &summary.requests;
+        // A rollout's lane marks where the load stops; a scale-in's, the scale.
+        let (marker, took) = match run.scale_in {
+            Some(_) => (
+                "scale 3 → 2",
+                format!(
+                    "removed pod gone {:.1} s after the scale",
+                    summary.rollout_seconds
+                ),
+            ),
+            None => (
+                "load stops",
+                format!("rollout {:.1} s", summary.rollout_seconds),
+            ),
+        };
         let _ = writeln!(
             svg,
             r#"<text x="12" y="{:.1}" font-size="14" font-weight="bold">{}</text>"#,
@@ -158,14 +177,13 @@ pub fn render(runs: &[StrategyRun], summaries: &[StrategySummary], subtitle: &st
         );
         let _ = writeln!(
             svg,
-            r##"<text x="{:.1}" y="{:.1}" font-size="13">{} completed · {} rejected · <tspan fill="{ABORTED}">{} aborted</tspan> · <tspan fill="{FAILED}">{} failed</tspan> · rollout {:.1} s</text>"##,
+            r##"<text x="{:.1}" y="{:.1}" font-size="13">{} completed · {} rejected · <tspan fill="{ABORTED}">{} aborted</tspan> · <tspan fill="{FAILED}">{} failed</tspan> · {took}</text>"##,
             LEFT + 40.0,
             y + 18.0,
             c.completed,
             c.rejected,
             c.aborted,
             c.failed,
-            summary.rollout_seconds
         );
         let _ = writeln!(
             svg,
@@ -174,7 +192,8 @@ pub fn render(runs: &[StrategyRun], summaries: &[StrategySummary], subtitle: &st
             y + 33.0,
             esc(&summary.settings)
         );
-        // Where the load stopped: what follows is the cleanup of the new pods.
+        // Where the load stopped (what follows is the cleanup of the new
+        // pods), or where the scale-in began.
         let stop_x = scale.x(since(run.epoch, run.load_stopped));
         let _ = writeln!(
             svg,
@@ -184,7 +203,7 @@ pub fn render(runs: &[StrategyRun], summaries: &[StrategySummary], subtitle: &st
         );
         let _ = writeln!(
             svg,
-            r##"<text x="{:.1}" y="{:.1}" fill="#555" font-size="11">load stops</text>"##,
+            r##"<text x="{:.1}" y="{:.1}" fill="#555" font-size="11">{marker}</text>"##,
             stop_x + 4.0,
             y + LANE_HEADER - 2.0
         );
@@ -666,6 +685,7 @@ mod tests {
         };
         StrategyRun {
             strategy,
+            scale_in: None,
             settings: "settings with <markup> & ampersands".into(),
             propagation: Duration::from_secs(2),
             token_interval: Duration::from_millis(20),
@@ -711,6 +731,35 @@ mod tests {
         assert!(text.contains("SIGKILL"));
         assert!(text.contains("1 aborted"), "{text}");
         assert!(text.contains("settings with <markup> & ampersands"));
+    }
+
+    #[test]
+    fn a_scale_in_gets_a_lane_of_its_own_marked_at_the_scale() {
+        let t0 = Instant::now();
+        let mut scale_in = run(Strategy::Quiesce, t0);
+        scale_in.scale_in = Some(quiesce_operator::api::ScaleInPolicy::IdleFirst);
+        let runs = vec![run(Strategy::Quiesce, t0), scale_in];
+        let summaries: Vec<_> = runs.iter().map(summarize).collect();
+        let svg = render(&runs, &summaries, "");
+        let doc = roxmltree::Document::parse(&svg).expect("well-formed XML");
+        let lanes: Vec<&str> = doc
+            .descendants()
+            .filter(|n| n.attribute("class") == Some("lane"))
+            .filter_map(|n| n.attribute("data-strategy"))
+            .collect();
+        assert_eq!(lanes, ["quiesce", "scale-in IdleFirst"]);
+        let text: String = doc
+            .descendants()
+            .filter(|n| n.is_text())
+            .filter_map(|n| n.text())
+            .collect();
+        assert!(text.contains("Scale-in: which pod goes"), "{text}");
+        assert!(text.contains("scale 3 → 2"), "{text}");
+        // Scaled at 18 s, the removed pod gone at 17.1 s: 0 s after.
+        assert!(
+            text.contains("removed pod gone 0.0 s after the scale"),
+            "{text}"
+        );
     }
 
     #[test]

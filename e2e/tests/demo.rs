@@ -152,3 +152,62 @@ async fn stock_aborts_in_flight_requests_and_fails_those_routed_to_a_dead_pod() 
     }
     assert!(!old.killed());
 }
+
+/// The demo's scale-in (3 to 2 pods, streams on the two pods Ready last):
+/// `Default` removes the pod Ready most recently, a busy one, whose streams
+/// outlive the 5 s drain and are aborted at the deadline; `IdleFirst`
+/// reads the sidecars' loads and removes the idle pod after the
+/// propagation delay, and every stream completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_first_removes_the_idle_pod_and_default_a_busy_one() {
+    use quiesce_e2e::scale_in;
+    use quiesce_operator::api::ScaleInPolicy;
+
+    let scenario = scenario(3, "1:50-50", 0.0);
+    let images = project_images();
+    let mut runs = Vec::new();
+    for policy in scale_in::POLICIES {
+        let run = scale_in::run(policy, &scenario, &images, None)
+            .await
+            .unwrap_or_else(|e| panic!("the harness failed: {e}"));
+        for pod in run.old.iter().chain(&run.new) {
+            assert!(pod.orphans.is_empty(), "{}: {:?}", pod.name, pod.orphans);
+            assert!(pod.gone().is_some(), "{} is not gone", pod.name);
+        }
+        assert_eq!((run.old.len(), run.new.len()), (1, 2));
+        runs.push((policy, run));
+    }
+    for (policy, run) in &runs {
+        let removed = &run.old[0];
+        let counts = Counts::of(&run.requests);
+        let took = removed.termination().expect("the removed pod terminated");
+        assert_eq!(counts.failed, 0, "{policy:?}: {:?}", failures(run));
+        assert!(
+            removed
+                .first(|e| matches!(e, PodEvent::PreStopEnded { .. }))
+                .is_some()
+        );
+        match policy {
+            ScaleInPolicy::Default => {
+                assert_eq!(removed.name, "default-3", "the pod Ready most recently");
+                assert_eq!(counts.aborted, 2, "its streams outlive the drain");
+                assert!(
+                    took >= Duration::from_secs(5),
+                    "held to the deadline: {took:?}"
+                );
+            }
+            ScaleInPolicy::IdleFirst => {
+                assert_eq!(removed.name, "idle-first-1", "the idle pod");
+                assert_eq!(counts.completed, 4, "every stream completes");
+                assert!(
+                    took >= Duration::from_secs(1),
+                    "served its propagation delay"
+                );
+                assert!(
+                    took < Duration::from_secs(5),
+                    "not held like a busy pod: {took:?}"
+                );
+            }
+        }
+    }
+}

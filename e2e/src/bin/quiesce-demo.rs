@@ -1,5 +1,7 @@
 //! `quiesce-demo`: a rolling restart under load, three ways to stop a pod
-//! side by side, with real processes, signals and HTTP (docs/demo.md).
+//! side by side, then a scale-in from 3 to 2 pods under each
+//! `spec.scaleIn.policy`, with real processes, signals and HTTP
+//! (docs/demo.md).
 //!
 //! Prints progress on stderr, a table on stdout, and writes a timeline SVG.
 //! Exits 0 when the comparison ran (whatever its numbers), 1 on a harness
@@ -17,7 +19,7 @@ use quiesce_e2e::load::{LengthMix, LoadConfig};
 use quiesce_e2e::pod::{PodEvent, project_images};
 use quiesce_e2e::report::{self, Report};
 use quiesce_e2e::strategy::{DEFAULT_LENGTHS, FixedSleepRecipe, Scenario, Strategy, seconds};
-use quiesce_e2e::{bins, timeline};
+use quiesce_e2e::{bins, scale_in, timeline};
 
 /// Rolling restart of an inference deployment under streaming load, with
 /// three shutdown strategies (stock, fixed-sleep, quiesce), run locally
@@ -87,6 +89,10 @@ struct Cli {
     /// Seed of request lengths and arrival times.
     #[arg(long, default_value_t = defaults().load.seed)]
     seed: u64,
+    /// Skip the scale-in comparison (Default against IdleFirst) that
+    /// follows the rollouts.
+    #[arg(long)]
+    no_scale_in: bool,
     /// Strategies to run, in order (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "stock,fixed-sleep,quiesce", value_parser = parse_strategy)]
     strategies: Vec<Strategy>,
@@ -254,7 +260,19 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 }
             }
         });
-        let runs = comparison::run_all(&cli.strategies, &scenario, &images, Some(progress));
+        let runs = async {
+            let mut runs =
+                comparison::run_all(&cli.strategies, &scenario, &images, Some(progress.clone()))
+                    .await?;
+            if !cli.no_scale_in {
+                for policy in scale_in::POLICIES {
+                    let progress = Some(progress.clone());
+                    runs.push(scale_in::run(policy, &scenario, &images, progress).await?);
+                }
+            }
+            drop(progress);
+            Ok::<_, comparison::HarnessError>(runs)
+        };
         // The pods' processes run in process groups of their own, out of
         // reach of the terminal's Ctrl-C: stop here instead, and let the
         // runtime's shutdown drop the pods, which kills their processes.
