@@ -197,6 +197,11 @@ fn cases() -> Vec<Case> {
             unsupported("spec.service.type", "External"),
         ),
         case(
+            "scale-in-policy",
+            json!({"scaleIn": {"policy": "Idle"}}),
+            unsupported("spec.scaleIn.policy", "Idle"),
+        ),
+        case(
             "service-port",
             json!({"service": {"port": 70000}}),
             "spec.service.port: Invalid value: 70000: spec.service.port in body should be less than or equal to 65535",
@@ -466,7 +471,8 @@ async fn columns(suite: &Suite) -> anyhow::Result<String> {
         .termination_grace_period_seconds()
         .to_string();
     check!(
-        row.get(..5) == Some(&["columns", "0", "0", "120", grace.as_str()][..]),
+        // NAME REPLICAS READY DRAINING DRAIN-TIMEOUT GRACE-PERIOD AGE
+        row.get(..6) == Some(&["columns", "0", "0", "0", "120", grace.as_str()][..]),
         "kubectl get infd printed the row {row:?}"
     );
     Ok(format!("{} / {}", header.join(" "), row.join(" ")))

@@ -18,12 +18,13 @@ use quiesce_operator::render::labels::SELECTOR_LABEL;
 use quiesce_operator::render::pod::{DEFAULT_SIDECAR_PORT, SIDECAR_CONTAINER_NAME};
 use tokio::task::JoinHandle;
 
-use super::workload::{SETTLE, drained, gone, leader_metrics};
+use super::workload::{SETTLE, drained, gone, leader_metrics, nothing_lost, outcomes};
 use crate::client::{Classified, Completion, Finished, complete};
 use crate::cluster::manifests::{self, ENGINE_PORT};
 use crate::cluster::pods::{PodRecord, PodWatch, is_ready};
 use crate::cluster::report::{Figures, seconds};
 use crate::cluster::{Suite, wait_for};
+use crate::load::{Load, LoadConfig};
 
 const NAMESPACE: &str = "qe2e-scale-in";
 const NAME: &str = "pick";
@@ -109,23 +110,15 @@ pub async fn scale_in(suite: &Suite) -> anyhow::Result<Figures> {
         figures.add(policy.as_str(), run.describe());
         runs.push(run);
     }
-    let metrics = leader_metrics(suite).await?;
-    let sample = |series: &str| -> Option<f64> {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-    };
-    let read_sum = sample("quiesce_operator_scale_in_load_read_duration_seconds_sum");
-    let read_count = sample("quiesce_operator_scale_in_load_read_duration_seconds_count");
-    if let (Some(sum), Some(count)) = (read_sum, read_count) {
-        figures.add(
-            "reading 3 pods' loads (operator, in the cluster)",
-            format!(
-                "{:.1} ms on average over {count} scale-ins",
-                1000.0 * sum / count
-            ),
-        );
-    }
+    let read = OperatorCounts::read(suite).await?;
+    figures.add(
+        "reading 3 pods' loads (operator, in the cluster)",
+        format!(
+            "{:.1} ms on average over {} scale-ins",
+            1000.0 * read.load_read_seconds / read.load_reads,
+            read.load_reads
+        ),
+    );
     let gpu_seconds: Vec<String> = runs
         .iter()
         .map(|run| {
@@ -147,6 +140,9 @@ pub async fn scale_in(suite: &Suite) -> anyhow::Result<Figures> {
         draining >= 1,
         "status.drainingReplicas never counted the draining pod"
     );
+    for policy in [ScaleInPolicy::IdleFirst, ScaleInPolicy::Default] {
+        race(suite, policy, &mut figures).await?;
+    }
     suite.delete_namespace(NAMESPACE).await?;
 
     let idle_first = &runs[0];
@@ -302,6 +298,111 @@ async fn scale_in_once(suite: &Suite, policy: ScaleInPolicy) -> anyhow::Result<R
         removed_streams,
         draining_seen,
     })
+}
+
+/// Scale-ins of the race: 3 -> 2 -> 3, this many times per policy.
+const CYCLES: usize = 4;
+
+/// The race: load moves between the operator's sample and the deletion.
+/// Under load through the Service, scales 3 -> 2 -> 3 [`CYCLES`] times
+/// under `policy` and takes, from the operator's own metrics, the requests
+/// in flight on each removed pod as it began to drain and how many removed
+/// pods were busier than a kept one: under IdleFirst the race, under
+/// Default the blind choice.
+async fn race(suite: &Suite, policy: ScaleInPolicy, figures: &mut Figures) -> anyhow::Result<()> {
+    let resources: Api<InferenceDeployment> = suite.api(NAMESPACE);
+    let settle = async |replicas: i32| {
+        let what = format!("{replicas} pods Ready, none draining");
+        wait_for(&resources, NAME, SETTLE, &what, |r| {
+            r.and_then(|r| r.status.as_ref()).is_some_and(|s| {
+                s.replicas == replicas && s.ready_replicas == replicas && s.draining_replicas == 0
+            })
+        })
+        .await
+    };
+    suite.apply(NAMESPACE, &resource(suite, 3, policy)).await?;
+    settle(3).await?;
+    let before = OperatorCounts::read(suite).await?;
+    // Requests end well within the drain's 8 s deadline: 0.5 to 3 s.
+    let config = LoadConfig {
+        rate: 8.0,
+        concurrency: 64,
+        lengths: "60:25-75,40:100-150".parse().expect("a valid mix"),
+        seed: 11,
+        retries: 3,
+    };
+    let load = Load::start(suite.service_address(NAMESPACE, NAME).await?, config);
+    let target = format!("infd/{NAME}");
+    for _ in 0..CYCLES {
+        for replicas in [2, 3] {
+            let replicas_flag = format!("--replicas={replicas}");
+            let args = [
+                "scale",
+                target.as_str(),
+                replicas_flag.as_str(),
+                "-n",
+                NAMESPACE,
+            ];
+            suite.kubectl.run(&args).await?;
+            settle(replicas).await?;
+        }
+    }
+    let records = load.finish(SETTLE).await.map_err(anyhow::Error::msg)?;
+    nothing_lost(&records, "the scale-ins under load")?;
+    // The operator records a scale-in once it has read the loads after the
+    // deletion: wait for all of them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let now = OperatorCounts::read(suite).await?;
+        if now.removed >= before.removed + CYCLES as f64 || Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let removed = after.removed - before.removed;
+    check!(
+        removed >= CYCLES as f64,
+        "the operator followed {removed} of {CYCLES} scale-ins"
+    );
+    figures.add(
+        format!("{} under load through the Service", policy.as_str()),
+        format!(
+            "{CYCLES} scale-ins 3 -> 2: removed pods had {:.1} requests in flight on average as \
+             they began to drain; {} of {CYCLES} were busier than a kept pod; {}",
+            (after.removed_in_flight - before.removed_in_flight) / removed,
+            after.mischosen - before.mischosen,
+            outcomes(&records)
+        ),
+    );
+    Ok(())
+}
+
+/// The operator's scale-in figures, from its metrics.
+struct OperatorCounts {
+    load_reads: f64,
+    load_read_seconds: f64,
+    removed: f64,
+    removed_in_flight: f64,
+    mischosen: f64,
+}
+
+impl OperatorCounts {
+    async fn read(suite: &Suite) -> anyhow::Result<Self> {
+        let metrics = leader_metrics(suite).await?;
+        let sample = |series: &str| -> anyhow::Result<f64> {
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+                .with_context(|| format!("no {series} in the operator's metrics"))
+        };
+        Ok(Self {
+            load_reads: sample("quiesce_operator_scale_in_load_read_duration_seconds_count")?,
+            load_read_seconds: sample("quiesce_operator_scale_in_load_read_duration_seconds_sum")?,
+            removed: sample("quiesce_operator_scale_in_removed_in_flight_count")?,
+            removed_in_flight: sample("quiesce_operator_scale_in_removed_in_flight_sum")?,
+            mischosen: sample("quiesce_operator_scale_in_mischosen_total")?,
+        })
+    }
 }
 
 fn pod_ip(pod: &PodRecord) -> anyhow::Result<IpAddr> {
