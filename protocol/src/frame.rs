@@ -108,10 +108,8 @@ where
 }
 
 /// Reads frames from a stream, keeping a partly read frame across calls so
-/// that [`FrameReader::read`] is cancellation safe.
-///
-/// It never reads past the end of the current frame, so the inner reader can
-/// be taken back with [`FrameReader::into_inner`] between frames.
+/// that [`FrameReader::read`] is cancellation safe. It never reads past the
+/// end of the current frame.
 #[derive(Debug)]
 pub struct FrameReader<R> {
     inner: R,
@@ -183,17 +181,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
         }
         Ok(Some(&self.body))
-    }
-
-    /// The wrapped reader.
-    pub fn get_ref(&self) -> &R {
-        &self.inner
-    }
-
-    /// Gives the wrapped reader back. Bytes of a partly read frame are lost,
-    /// so call this only between frames.
-    pub fn into_inner(self) -> R {
-        self.inner
     }
 }
 

@@ -1,7 +1,8 @@
 //! A local pod runner: runs a `PodTemplateSpec` with real processes, in
 //! the order and with the termination sequence of a real kubelet.
 //!
-//! Fidelity to the kubelet (Kubernetes 1.32, measured: see design.md):
+//! Fidelity to the kubelet (Kubernetes 1.32, as measured on a real one; the
+//! cluster suite, docs/e2e.md, runs the same pods on it):
 //! - Start: native sidecars first, each holding the next container back
 //!   until its startup probe has passed; plain init containers one after
 //!   the other; then the main containers together.

@@ -20,8 +20,8 @@
 //!   stop it, also when the engine dies), and `PR_SET_PDEATHSIG` kills it if
 //!   the engine dies without closing the pipe;
 //! - a worker that finds its stdout closed (`EPIPE`) exits quietly: the
-//!   engine is going away, which is not an error (seed 003: a signal during
-//!   start-up must not leave workers with a broken pipe);
+//!   engine is going away, which is not an error (a signal during start-up
+//!   must not make its workers crash on a broken pipe);
 //! - the engine reaps every worker (`waitpid`, through `tokio::process`),
 //!   and a worker that dies while the engine is not stopping it is reported
 //!   as [`WorkerLost`], so the engine aborts its requests explicitly.

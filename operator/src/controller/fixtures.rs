@@ -119,6 +119,12 @@ impl Context {
         let ctx = Context::new(client, reporter, RenderConfig::default(), metrics);
         (Arc::new(ctx), ApiServerVerifier(handle))
     }
+
+    /// Failures in a row of `resource`, which set its retry delay.
+    pub fn failures(&self, resource: &InferenceDeployment) -> u32 {
+        self.backoff
+            .failures(&kube::runtime::reflector::ObjectRef::from_obj(resource))
+    }
 }
 
 pub fn deployment_path() -> String {

@@ -130,11 +130,6 @@ impl Context {
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
-
-    /// Failures in a row of `resource`, which set its retry delay.
-    pub fn failures(&self, resource: &InferenceDeployment) -> u32 {
-        self.backoff.failures(&ObjectRef::from_obj(resource))
-    }
 }
 
 /// How a successful reconcile ended.
