@@ -16,7 +16,7 @@ use quiesce_operator::api::ScaleInPolicy;
 use quiesce_operator::controller::scale_in::{
     Candidate, idlest_first, list, read_load, read_loads,
 };
-use quiesce_operator::render::pod::DEFAULT_SIDECAR_PORT;
+use quiesce_protocol::contract::DEFAULT_SIDECAR_PORT;
 use tokio::task::JoinHandle;
 
 use crate::client::{Completion, Finished, complete};
@@ -86,7 +86,7 @@ pub async fn run(
             return Err(stop_all(policy, "a pod did not become ready", pods).await);
         }
     }
-    let sidecar = |pod: &LocalPod| pod.address(DEFAULT_SIDECAR_PORT);
+    let sidecar = |pod: &LocalPod| pod.address(i32::from(DEFAULT_SIDECAR_PORT));
     let tokens = (STREAM_LENGTH.as_secs_f64() / scenario.token_interval.as_secs_f64()) as u32;
 
     let epoch = Instant::now();

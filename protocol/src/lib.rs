@@ -17,6 +17,10 @@
 //! [`ClientMessage`]s, the sidecar sends [`ServerMessage`]s. The first frame of
 //! every connection is a [`Hello`], answered by a [`Welcome`] or an error.
 //!
+//! [`contract`] holds what the operator renders into a pod and the sidecar
+//! and the engine rely on (socket path, volume, ports, probe paths, users);
+//! [`LoadReport`] is the sidecar's `GET /load`.
+//!
 //! `docs/protocol.md` in the repository describes the protocol for
 //! implementers in other languages; this crate is its Rust implementation and
 //! the two must agree.
@@ -53,12 +57,14 @@
 
 use std::time::Duration;
 
+pub mod contract;
 mod frame;
 mod load;
 mod message;
 
+pub use contract::SOCKET_ENV;
 pub use frame::{FrameError, FrameReader, encode_frame, read_frame, write_frame};
-pub use load::{LOAD_PATH, LoadReport, MAX_LOAD_REPORT_LEN, Work};
+pub use load::{LoadReport, MAX_LOAD_REPORT_LEN, Work};
 pub use message::{
     Abort, ClientMessage, DrainReport, DrainRequest, DrainResult, EngineStatus, ErrorCode, Hello,
     Phase, Progress, ProtocolError, Role, ServerMessage, Welcome,
@@ -105,9 +111,6 @@ pub const RECONNECT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 
 /// Upper bound of the engine's reconnection delay (see [`reconnect_backoff`]).
 pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// Environment variable that holds the socket path in the engine container.
-pub const SOCKET_ENV: &str = "QUIESCE_SOCKET";
 
 /// Picks the protocol version for a connection: the highest version that both
 /// the client (`client_versions`, in any order) and this crate

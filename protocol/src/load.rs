@@ -5,9 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Path of the load report on the sidecar's HTTP port.
-pub const LOAD_PATH: &str = "/load";
-
 /// Largest load report a reader needs to accept, in bytes; a real one is
 /// about 150.
 pub const MAX_LOAD_REPORT_LEN: usize = 1024;

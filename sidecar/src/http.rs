@@ -10,17 +10,17 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 
-use quiesce_protocol::LOAD_PATH;
+use quiesce_protocol::contract::{LIVE_PATH, LOAD_PATH, METRICS_PATH, READY_PATH, STATUS_PATH};
 
 use crate::coordinator::{Check, Coordinator};
 
 /// The router: `GET /live`, `/ready`, `/metrics`, `/status` and `/load`.
 pub fn router(coordinator: Arc<Coordinator>) -> Router {
     Router::new()
-        .route("/live", get(live))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/status", get(status))
+        .route(LIVE_PATH, get(live))
+        .route(READY_PATH, get(ready))
+        .route(METRICS_PATH, get(metrics))
+        .route(STATUS_PATH, get(status))
         .route(LOAD_PATH, get(load))
         // No endpoint reads a body; refuse to buffer one.
         .layer(DefaultBodyLimit::max(0))

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use quiesce_protocol::{DEFAULT_HEARTBEAT_INTERVAL, DrainRequest};
+use quiesce_protocol::contract::{DEFAULT_HEALTH_PATH, DEFAULT_SIDECAR_PORT};
+use quiesce_protocol::{DEFAULT_HEARTBEAT_INTERVAL, DrainRequest, SOCKET_ENV};
 use quiesce_sidecar::{coordinator, drain_client, http, install, poller, socket};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -37,10 +38,10 @@ enum Command {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// Unix socket to listen on, in a volume shared with the engine.
-    #[arg(long, env = "QUIESCE_SOCKET")]
+    #[arg(long, env = SOCKET_ENV)]
     socket: PathBuf,
     /// Address of the HTTP endpoints.
-    #[arg(long, default_value = "0.0.0.0:9090")]
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_SIDECAR_PORT)))]
     listen: SocketAddr,
     /// Copy this executable into DIR, for the engine's preStop hook.
     #[arg(long, value_name = "DIR")]
@@ -53,7 +54,7 @@ struct ServeArgs {
     #[arg(long, value_name = "http://IP:PORT", required_if_eq_any = [("adapter", "vllm"), ("adapter", "sglang"), ("adapter", "trtllm"), ("adapter", "http")])]
     engine_url: Option<String>,
     /// The engine's health endpoint (stock engines).
-    #[arg(long, default_value = "/health")]
+    #[arg(long, default_value = DEFAULT_HEALTH_PATH)]
     health_path: String,
     /// The engine's Prometheus endpoint. Default: /metrics for vllm and
     /// sglang, /prometheus/metrics for trtllm.
@@ -121,7 +122,7 @@ enum LogFormat {
 #[derive(clap::Args)]
 struct DrainArgs {
     /// The sidecar's Unix socket.
-    #[arg(long, env = "QUIESCE_SOCKET")]
+    #[arg(long, env = SOCKET_ENV)]
     socket: PathBuf,
     /// Seconds the engine keeps admitting requests while load balancers catch up.
     #[arg(long, value_parser = parse_seconds)]

@@ -6,6 +6,7 @@
 //! Unknown is never zero: a page that is missing, failing or lacks a field
 //! makes the work [`Work::Unknown`], and a drain then waits for its timeout.
 
+use quiesce_protocol::contract::{DEFAULT_METRICS_PATH, TRTLLM_METRICS_PATH};
 use serde_json::Value;
 
 /// Which stock engine.
@@ -51,9 +52,9 @@ impl StockEngine {
     /// adapter reads no metrics.
     pub fn default_metrics_path(self) -> Option<&'static str> {
         match self {
-            Self::Vllm | Self::Sglang => Some("/metrics"),
+            Self::Vllm | Self::Sglang => Some(DEFAULT_METRICS_PATH),
             // Its JSON /metrics hands out each statistic once: never poll it.
-            Self::Trtllm => Some("/prometheus/metrics"),
+            Self::Trtllm => Some(TRTLLM_METRICS_PATH),
             Self::Http => None,
         }
     }

@@ -27,12 +27,12 @@ use hyper::body::Bytes;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use quiesce_protocol::{LOAD_PATH, LoadReport, MAX_LOAD_REPORT_LEN, Work};
+use quiesce_protocol::contract::{LOAD_PATH, SIDECAR_CONTAINER_NAME, SIDECAR_PORT_NAME};
+use quiesce_protocol::{LoadReport, MAX_LOAD_REPORT_LEN, Work};
 use serde_json::json;
 use tokio::net::TcpStream;
 
 use crate::render::labels::selector_string;
-use crate::render::pod::{SIDECAR_CONTAINER_NAME, SIDECAR_PORT_NAME};
 
 /// The annotation the ReplicaSet controller orders Ready pods by.
 pub const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";

@@ -15,13 +15,27 @@ use super::conflict::{
     LOAD_TRACKING_NOT_PASSED, SHARED_MOUNT_SHADOWED, SHUTDOWN_TIMEOUT_KEPT,
     SHUTDOWN_TIMEOUT_NOT_PASSED, SOCKET_ENV_KEPT,
 };
-use super::pod::{
-    DRAIN_CLIENT_PATH, LIVE_PATH, READY_PATH, SGLANG_ENABLE_METRICS_FLAG,
-    SGLANG_HEALTH_GENERATION_ENV, SHARED_MOUNT_PATH, SHARED_VOLUME_NAME, SOCKET_ENV, SOCKET_PATH,
-    VLLM_DISABLE_LOG_STATS_FLAG, VLLM_LOAD_TRACKING_FLAG, VLLM_SHUTDOWN_TIMEOUT_FLAG, http_probe,
-    sidecar_port,
+use quiesce_protocol::contract::{
+    DRAIN_CLIENT_PATH, LIVE_PATH, READY_PATH, SHARED_MOUNT_PATH, SHARED_VOLUME_NAME, SOCKET_ENV,
+    SOCKET_PATH,
 };
+
+use super::sidecar::{http_probe, sidecar_port};
 use crate::api::{DrainSpec, EngineAdapter, EngineSpec, InferenceDeploymentSpec};
+
+/// vLLM's flag that serves `/load`: HTTP requests in flight until their
+/// answer is fully sent, which its gauges do not count.
+pub const VLLM_LOAD_TRACKING_FLAG: &str = "--enable-server-load-tracking";
+/// vLLM's flag that removes the gauges the adapter reads.
+pub const VLLM_DISABLE_LOG_STATS_FLAG: &str = "--disable-log-stats";
+/// SGLang's flag that serves `/metrics`, the only place its grammar queue
+/// shows.
+pub const SGLANG_ENABLE_METRICS_FLAG: &str = "--enable-metrics";
+/// SGLang's variable that makes `/health` generate a token and answer after
+/// at least a second (default true); quiesce sets it to false.
+pub const SGLANG_HEALTH_GENERATION_ENV: &str = "SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION";
+/// vLLM's flag for how long it drains by itself after SIGTERM.
+pub const VLLM_SHUTDOWN_TIMEOUT_FLAG: &str = "--shutdown-timeout";
 
 /// Period of quiesce's startup probe on the engine: the pod becomes ready
 /// within a second of its engine, so a rollout does not wait for nothing

@@ -3,7 +3,9 @@
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 
 use super::conflict::Conflict;
-use super::pod::{SIDECAR_CONTAINER_NAME, render_pod_template};
+use quiesce_protocol::contract::SIDECAR_CONTAINER_NAME;
+
+use super::pod::render_pod_template;
 use super::{RenderConfig, RenderError};
 use crate::api::{InferenceDeployment, InferenceDeploymentSpec};
 

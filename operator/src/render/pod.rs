@@ -8,89 +8,30 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, Volume,
+    Container, EmptyDirVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Volume,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use quiesce_protocol::contract::{
+    DEFAULT_SIDECAR_PORT, SHARED_GROUP_ID, SHARED_MOUNT_PATH, SHARED_VOLUME_NAME,
+    SIDECAR_CONTAINER_NAME,
+};
 use sha2::{Digest, Sha256};
 
 use super::conflict::{Conflict, RESERVED_ANNOTATION_OVERRIDDEN};
 use super::labels::{overlay_owned_keys, pod_labels};
+use super::sidecar::sidecar_port;
 use super::{RenderConfig, RenderError, engine, sidecar};
-use crate::api::{DrainSpec, InferenceDeploymentSpec, SidecarSpec};
+use crate::api::{DrainSpec, InferenceDeploymentSpec};
 use crate::rules::{ENGINE_CONTAINER_PRESENT_MSG, Violation};
 
-pub use super::engine::{
-    STARTUP_PROBE_PERIOD_SECONDS, pre_stop_command, startup_failure_threshold,
-};
-pub use super::sidecar::{default_sidecar_resources, restricted_security_context, sidecar_args};
-
-/// Name of the injected sidecar (an init container with `restartPolicy: Always`).
-pub const SIDECAR_CONTAINER_NAME: &str = "quiesce-sidecar";
-/// Name of the shared volume that holds the socket and the drain client.
-pub const SHARED_VOLUME_NAME: &str = "quiesce";
-/// Where both the sidecar and the engine mount the shared volume.
-pub const SHARED_MOUNT_PATH: &str = "/run/quiesce";
 /// Size limit of the shared volume (memory-backed: it counts against the
 /// pod's memory).
 pub const SHARED_VOLUME_SIZE_LIMIT: &str = "64Mi";
-/// The Unix socket the sidecar serves and the engine connects to.
-pub const SOCKET_PATH: &str = "/run/quiesce/quiesce.sock";
-/// Where the sidecar copies its own static binary at start-up.
-pub const INSTALL_DIR: &str = "/run/quiesce/bin";
-/// The copied binary, run by the engine's preStop hook.
-pub const DRAIN_CLIENT_PATH: &str = "/run/quiesce/bin/quiesce-sidecar";
-/// Environment variable that tells the engine where the socket is.
-pub const SOCKET_ENV: &str = "QUIESCE_SOCKET";
-/// Port of the sidecar's `/live`, `/ready` and `/metrics` unless
-/// `spec.sidecar.port` says otherwise.
-pub const DEFAULT_SIDECAR_PORT: i32 = 9090;
-/// Name of the sidecar's container port.
-pub const SIDECAR_PORT_NAME: &str = "quiesce";
-/// The sidecar's liveness endpoint.
-pub const LIVE_PATH: &str = "/live";
-/// The sidecar's readiness endpoint: ready while the engine is ready and not
-/// draining.
-pub const READY_PATH: &str = "/ready";
-/// Health path of the vllm and sglang adapters when `spec.engine.healthPath`
-/// is not set.
-pub const DEFAULT_HEALTH_PATH: &str = "/health";
-/// Metrics path of the vllm and sglang adapters when
-/// `spec.engine.metricsPath` is not set.
-pub const DEFAULT_METRICS_PATH: &str = "/metrics";
-/// Metrics path of the trtllm adapter when `spec.engine.metricsPath` is not
-/// set: trtllm-serve's Prometheus page. Its JSON `/metrics` hands each
-/// statistic out once and must never be polled.
-pub const TRTLLM_METRICS_PATH: &str = "/prometheus/metrics";
-/// vLLM's flag that serves `/load`: HTTP requests in flight until their
-/// answer is fully sent, which its gauges do not count.
-pub const VLLM_LOAD_TRACKING_FLAG: &str = "--enable-server-load-tracking";
-/// vLLM's flag that removes the gauges the adapter reads.
-pub const VLLM_DISABLE_LOG_STATS_FLAG: &str = "--disable-log-stats";
-/// SGLang's flag that serves `/metrics`, the only place its grammar queue
-/// shows.
-pub const SGLANG_ENABLE_METRICS_FLAG: &str = "--enable-metrics";
-/// SGLang's variable that makes `/health` generate a token and answer after
-/// at least a second (default true); quiesce sets it to false.
-pub const SGLANG_HEALTH_GENERATION_ENV: &str = "SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION";
-/// User and group the sidecar runs as (the distroless `nonroot` user).
-pub const SIDECAR_USER_ID: i64 = 65532;
-/// Group set as the pod's `fsGroup` when the user sets none, so that the
-/// engine may connect to the sidecar's socket (mode 0660).
-pub const SHARED_GROUP_ID: i64 = 65532;
 /// Pod template annotation: hash of the drain settings.
 pub const DRAIN_HASH_ANNOTATION: &str = "quiesce.dev/drain-hash";
 /// Pod template annotation: the computed grace period, for people reading
 /// the pod.
 pub const GRACE_PERIOD_ANNOTATION: &str = "quiesce.dev/termination-grace-period-seconds";
-/// vLLM's flag for how long it drains by itself after SIGTERM.
-pub const VLLM_SHUTDOWN_TIMEOUT_FLAG: &str = "--shutdown-timeout";
-
-/// The sidecar port of `spec.sidecar`.
-pub fn sidecar_port(sidecar: &SidecarSpec) -> i32 {
-    sidecar.port.unwrap_or(DEFAULT_SIDECAR_PORT)
-}
 
 /// Renders the pod template of `spec`'s Deployment for the resource `name`.
 ///
@@ -158,19 +99,6 @@ pub fn drain_hash(drain: &DrainSpec) -> String {
         .take(8)
         .map(|byte| format!("{byte:02x}"))
         .collect()
-}
-
-/// An HTTP GET probe on `path` of the sidecar's `port` (a number: the engine
-/// cannot name a port of another container).
-pub(crate) fn http_probe(path: &str, port: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.to_owned()),
-            port: IntOrString::Int(port),
-            ..HTTPGetAction::default()
-        }),
-        ..Probe::default()
-    }
 }
 
 fn engine_missing() -> RenderError {

@@ -3,18 +3,37 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, Probe, ResourceRequirements, SeccompProfile,
-    SecurityContext, VolumeMount,
+    Capabilities, Container, ContainerPort, HTTPGetAction, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::RenderConfig;
-use super::pod::{
-    DEFAULT_HEALTH_PATH, DEFAULT_METRICS_PATH, INSTALL_DIR, LIVE_PATH, SHARED_MOUNT_PATH,
-    SHARED_VOLUME_NAME, SIDECAR_CONTAINER_NAME, SIDECAR_PORT_NAME, SIDECAR_USER_ID, SOCKET_PATH,
-    TRTLLM_METRICS_PATH, http_probe, sidecar_port,
+use crate::api::{EngineAdapter, EngineSpec, InferenceDeploymentSpec, SidecarSpec};
+use quiesce_protocol::contract::{
+    DEFAULT_HEALTH_PATH, DEFAULT_METRICS_PATH, DEFAULT_SIDECAR_PORT, INSTALL_DIR, LIVE_PATH,
+    SHARED_MOUNT_PATH, SHARED_VOLUME_NAME, SIDECAR_CONTAINER_NAME, SIDECAR_PORT_NAME,
+    SIDECAR_USER_ID, SOCKET_PATH, TRTLLM_METRICS_PATH,
 };
-use crate::api::{EngineAdapter, EngineSpec, InferenceDeploymentSpec};
+
+/// The sidecar port of `spec.sidecar`.
+pub fn sidecar_port(sidecar: &SidecarSpec) -> i32 {
+    sidecar.port.unwrap_or(i32::from(DEFAULT_SIDECAR_PORT))
+}
+
+/// An HTTP GET probe on `path` of the sidecar's `port` (a number: the engine
+/// cannot name a port of another container).
+pub(crate) fn http_probe(path: &str, port: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(port),
+            ..HTTPGetAction::default()
+        }),
+        ..Probe::default()
+    }
+}
 
 /// The sidecar's command line: `quiesce-sidecar serve ...` with the socket,
 /// the HTTP listener for the kubelet, where to install the drain client, and

@@ -11,7 +11,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use quiesce_operator::render::pod::SIDECAR_CONTAINER_NAME;
+use quiesce_protocol::contract::SIDECAR_CONTAINER_NAME;
 use serde_json::json;
 
 use super::workload::{

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::{Api, DeleteParams};
 use quiesce_operator::api::InferenceDeployment;
 use quiesce_operator::render::labels::SELECTOR_LABEL;
-use quiesce_operator::render::pod::{
+use quiesce_protocol::contract::{
     DRAIN_CLIENT_PATH, SHARED_GROUP_ID, SIDECAR_CONTAINER_NAME, SIDECAR_USER_ID,
 };
 use serde_json::Value;

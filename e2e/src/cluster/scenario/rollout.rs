@@ -9,7 +9,7 @@ use anyhow::{Context as _, ensure as check};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use quiesce_operator::render::pod::SIDECAR_CONTAINER_NAME;
+use quiesce_protocol::contract::SIDECAR_CONTAINER_NAME;
 use serde_json::json;
 
 use super::install::{self, OPERATOR};

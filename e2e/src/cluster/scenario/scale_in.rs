@@ -15,7 +15,7 @@ use kube::api::Api;
 use quiesce_operator::api::{DrainSpec, InferenceDeployment, ScaleInPolicy};
 use quiesce_operator::controller::scale_in::read_load;
 use quiesce_operator::render::labels::SELECTOR_LABEL;
-use quiesce_operator::render::pod::{DEFAULT_SIDECAR_PORT, SIDECAR_CONTAINER_NAME};
+use quiesce_protocol::contract::{DEFAULT_SIDECAR_PORT, SIDECAR_CONTAINER_NAME};
 use tokio::task::JoinHandle;
 
 use super::workload::{SETTLE, drained, gone, leader_metrics, nothing_lost, outcomes};
@@ -219,7 +219,7 @@ async fn scale_in_once(suite: &Suite, policy: ScaleInPolicy) -> anyhow::Result<R
     // The operator reads the same reports: wait until they show the streams.
     for (name, ip) in &up {
         let wanted = if *name == idle { 0 } else { STREAMS as u32 };
-        load_reaches(SocketAddr::new(*ip, DEFAULT_SIDECAR_PORT as u16), wanted)
+        load_reaches(SocketAddr::new(*ip, DEFAULT_SIDECAR_PORT), wanted)
             .await
             .with_context(|| format!("pod {name}"))?;
     }

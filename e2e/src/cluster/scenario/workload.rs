@@ -11,7 +11,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams};
 use quiesce_operator::api::InferenceDeployment;
 use quiesce_operator::render::labels::SELECTOR_LABEL;
-use quiesce_operator::render::pod::SIDECAR_CONTAINER_NAME;
+use quiesce_protocol::contract::SIDECAR_CONTAINER_NAME;
 use serde_json::json;
 
 use crate::client::Classified;
