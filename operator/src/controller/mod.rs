@@ -31,12 +31,13 @@ mod fixtures;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashSet;
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -220,7 +221,8 @@ pub async fn run(
     // all of them.
     let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     // The pods, metadata only: their deletions make status.drainingReplicas
-    // and tell a scale-in which pods went.
+    // and tell a scale-in which pods went. The store sees every update; only
+    // a deletion that begins or ends triggers a reconcile.
     let (pods, writer) = reflector::store();
     *ctx.pods.write().expect("pod store lock") = pods;
     let pod_events = watcher(
@@ -229,7 +231,12 @@ pub async fn run(
     )
     .default_backoff()
     .reflect(writer)
-    .touched_objects();
+    .scan(HashSet::new(), |terminating, event| {
+        future::ready(Some(
+            event.map(|event| drain_transition(terminating, event)),
+        ))
+    })
+    .filter_map(|event| future::ready(event.transpose()));
     let controller = Controller::new(
         api::<InferenceDeployment>(client, namespace),
         watcher::Config::default(),
@@ -272,6 +279,35 @@ pub async fn run(
     tokio::select! {
         () = running => {}
         () = overdue => {}
+    }
+}
+
+/// The pod event, if `event` begins or ends a pod's deletion; `terminating`
+/// holds the uids of the pods whose deletion began. Every other update of a
+/// pod (its status, its annotations) is dropped: each trigger restarts the
+/// debounce, and the stream of pod updates of a rollout would hold the
+/// resource's reconciles back for as long as it lasts.
+fn drain_transition(
+    terminating: &mut HashSet<String>,
+    event: watcher::Event<PartialObjectMeta<Pod>>,
+) -> Option<PartialObjectMeta<Pod>> {
+    match event {
+        watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
+            let uid = pod.metadata.uid.clone()?;
+            (pod.metadata.deletion_timestamp.is_some() && terminating.insert(uid)).then_some(pod)
+        }
+        watcher::Event::Delete(pod) => {
+            if let Some(uid) = &pod.metadata.uid {
+                terminating.remove(uid);
+            }
+            Some(pod)
+        }
+        // A new list: its pods come again as InitApply.
+        watcher::Event::Init => {
+            terminating.clear();
+            None
+        }
+        watcher::Event::InitDone => None,
     }
 }
 

@@ -649,3 +649,40 @@ async fn a_load_report_is_bounded_in_size_and_time() {
         .unwrap_err();
     assert!(error.starts_with("not a load report"), "{error}");
 }
+
+#[test]
+fn only_a_deletion_that_begins_or_ends_triggers_a_reconcile() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::PartialObjectMeta;
+    use kube::runtime::watcher::Event;
+
+    let pod = |uid: &str, deleting: bool| -> PartialObjectMeta<Pod> {
+        let mut pod = PartialObjectMeta::<Pod>::default();
+        pod.metadata.uid = Some(uid.to_owned());
+        if deleting {
+            pod.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        }
+        pod
+    };
+    let mut terminating = std::collections::HashSet::new();
+    let mut triggers = |event| super::drain_transition(&mut terminating, event).is_some();
+    assert!(
+        !triggers(Event::Apply(pod("a", false))),
+        "a running pod's update"
+    );
+    assert!(
+        triggers(Event::Apply(pod("a", true))),
+        "its deletion begins"
+    );
+    assert!(
+        !triggers(Event::Apply(pod("a", true))),
+        "it updates while draining"
+    );
+    assert!(triggers(Event::Delete(pod("a", true))), "it is gone");
+    assert!(!triggers(Event::Init));
+    assert!(
+        triggers(Event::InitApply(pod("b", true))),
+        "a draining pod in a new list"
+    );
+    assert!(!triggers(Event::InitDone));
+}
