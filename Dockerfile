@@ -18,7 +18,7 @@ COPY . .
 # --target keeps the static flag off build scripts and proc macros.
 RUN target="$(rustc -vV | sed -n 's/^host: //p')" && \
     RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked \
-        --target "$target" -p quiesce-operator -p quiesce-sidecar -p quiesce-engine && \
+        --target "$target" -p quiesce-operator -p quiesce-sidecar -p quiesce-sim && \
     mkdir /out && \
     cp "target/$target/release/quiesce-operator" "target/$target/release/quiesce-sidecar" \
         "target/$target/release/quiesce-engine" /out/

@@ -43,7 +43,7 @@ revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 host=$(rustc -vV | sed -n 's/^host: //p')
 RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release --locked --target "$host" \
-    -p quiesce-operator -p quiesce-sidecar -p quiesce-engine
+    -p quiesce-operator -p quiesce-sidecar -p quiesce-sim
 
 out=target/images
 mkdir -p "$out"

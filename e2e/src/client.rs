@@ -8,8 +8,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{CONTENT_TYPE, HOST, RETRY_AFTER};
 use hyper::{HeaderMap, Request};
-use quiesce_engine::sim::openai::Endpoint;
-use quiesce_engine::sim::verify::{Expected, Outcome, SseDecoder, StreamCheck, check_response};
+use quiesce_sim::openai::Endpoint;
+use quiesce_sim::verify::{Expected, Outcome, SseDecoder, StreamCheck, check_response};
 use tokio::net::TcpStream;
 
 /// How long a client waits for a connection, as HTTP clients do.
@@ -153,9 +153,7 @@ async fn send(
     ))
 }
 
-fn classify(
-    result: Result<Outcome, quiesce_engine::sim::verify::Violation>,
-) -> Result<Classified, String> {
+fn classify(result: Result<Outcome, quiesce_sim::verify::Violation>) -> Result<Classified, String> {
     match result {
         Ok(Outcome::Completed { tokens }) => Ok(Classified::Completed { tokens }),
         Ok(Outcome::Rejected { .. }) => Ok(Classified::Rejected),

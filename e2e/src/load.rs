@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use hyper::HeaderMap;
 use hyper::header::RETRY_AFTER;
-use quiesce_engine::sim::openai::INSTANCE_HEADER;
+use quiesce_sim::openai::INSTANCE_HEADER;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -18,8 +18,6 @@
 pub mod shutdown;
 pub mod sidecar;
 pub mod signals;
-#[cfg(feature = "sim")]
-pub mod sim;
 
 pub use quiesce_protocol::{DrainRequest, EngineStatus, Phase};
 pub use shutdown::{KvTransferGuard, Rejected, RequestGuard, Shutdown};

@@ -1,6 +1,5 @@
 //! The OpenAI-compatible API of the real `quiesce-engine` binary: health
 //! during start-up, verified completions, OpenAI-style errors, queueing.
-#![cfg(feature = "sim")]
 
 mod common;
 
@@ -10,7 +9,7 @@ use common::{
     Ask, Engine, RUNNING, SLOW, WAITING, get, metric, post, raw_exchange, request, spawn_request,
 };
 use nix::sys::signal::Signal;
-use quiesce_engine::sim::verify::Outcome;
+use quiesce_sim::verify::Outcome;
 use serde_json::{Value, json};
 
 const FAST: &[&str] = &[

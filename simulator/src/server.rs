@@ -38,7 +38,7 @@ use super::openai::{
 use super::personality::{self, LaggingGauges, Personality, SGLANG_HEALTH_GENERATION_WAIT, Work};
 use super::tokens::{prompt_seed, prompt_tokens, token_id, token_text};
 use super::workers::WorkerPool;
-use crate::{Phase, Rejected, RequestGuard, Shutdown};
+use quiesce_engine::{Phase, Rejected, RequestGuard, Shutdown};
 
 /// Request counters for `/metrics`.
 #[derive(Debug, Default)]

@@ -378,8 +378,8 @@ pub fn check_response(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::openai::{ApiError, ResponseMeta, SSE_DONE};
-    use crate::sim::tokens::expected_token;
+    use crate::openai::{ApiError, ResponseMeta, SSE_DONE};
+    use crate::tokens::expected_token;
 
     fn meta(endpoint: Endpoint) -> ResponseMeta {
         ResponseMeta {

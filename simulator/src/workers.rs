@@ -596,7 +596,7 @@ mod tests {
 
     #[test]
     fn the_worker_answers_what_the_token_function_says() {
-        let seed = crate::sim::tokens::prompt_seed("x");
+        let seed = crate::tokens::prompt_seed("x");
         let answer = answer_line(&format!("t 9 {seed} 4")).unwrap();
         match parse_answer(answer.trim_end()) {
             Some(Answer::Token { tag: 9, id }) => assert_eq!(id, token_id(seed, 4)),

@@ -2,7 +2,6 @@
 //! reports its status, keeps admitting during propagation, follows Drain and
 //! Abort, and after a drain waits for the kubelet's SIGTERM to exit. The
 //! sidecar here is a fake speaking the real protocol crate.
-#![cfg(feature = "sim")]
 
 mod common;
 
@@ -12,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::{Ask, Engine, SLOW, get, request, spawn_request};
 use nix::sys::signal::Signal;
-use quiesce_engine::sim::verify::Outcome;
 use quiesce_protocol::{
     Abort, ClientMessage, DrainRequest, EngineStatus, FrameReader, Phase, Role, ServerMessage,
     Welcome, write_frame,
 };
+use quiesce_sim::verify::Outcome;
 use tokio::net::UnixListener;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::watch;

@@ -1,7 +1,7 @@
 //! Test harness for the simulated engine: runs the real binary in its own
 //! process group, reads its JSON logs, sends real signals, reads the process
 //! table, and speaks HTTP/1.1 (hyper client) with SSE parsing and
-//! token-by-token verification ([`quiesce_engine::sim::verify`]).
+//! token-by-token verification ([`quiesce_sim::verify`]).
 //!
 //! Nothing here sleeps to synchronise: every wait polls for a condition
 //! (a log line, a health status, a metric, an exit) with a deadline.
@@ -21,9 +21,9 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use quiesce_engine::sim::openai::Endpoint;
-use quiesce_engine::sim::tokens::chat_prompt;
-use quiesce_engine::sim::verify::{Expected, Outcome, SseDecoder, StreamCheck, check_response};
+use quiesce_sim::openai::Endpoint;
+use quiesce_sim::tokens::chat_prompt;
+use quiesce_sim::verify::{Expected, Outcome, SseDecoder, StreamCheck, check_response};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::sync::watch;

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use quiesce_engine::DrainRequest;
-use quiesce_engine::sim::config::{EngineConfig, parse_millis, parse_seconds};
-use quiesce_engine::sim::lifecycle;
-use quiesce_engine::sim::personality::{Personality, StockConfig};
-use quiesce_engine::sim::workers::{self, WorkerArgs, WorkerSpec};
+use quiesce_sim::config::{EngineConfig, parse_millis, parse_seconds};
+use quiesce_sim::lifecycle;
+use quiesce_sim::personality::{Personality, StockConfig};
+use quiesce_sim::workers::{self, WorkerArgs, WorkerSpec};
 use tracing_subscriber::EnvFilter;
 
 /// A GPU-free stand-in for an OpenAI-compatible inference engine (vLLM), with

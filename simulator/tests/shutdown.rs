@@ -2,7 +2,6 @@
 //! drains, the timeout aborts explicitly, a second signal aborts at once,
 //! new requests are rejected, KV transfers hold the drain open. Every
 //! request's outcome is checked, and no process is left behind.
-#![cfg(feature = "sim")]
 
 mod common;
 
@@ -12,7 +11,7 @@ use common::{
     Ask, Engine, InFlight, RUNNING, SLOW, get, metric, request, spawn_request, wait_metric,
 };
 use nix::sys::signal::Signal;
-use quiesce_engine::sim::verify::Outcome;
+use quiesce_sim::verify::Outcome;
 
 /// Starts an engine with fast timing plus `extra` flags, and waits until it
 /// is ready.

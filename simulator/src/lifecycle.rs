@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::EngineConfig;
 use super::server::Engine;
 use super::workers::{WorkerLost, WorkerPool, WorkerSpec};
-use crate::{Phase, Shutdown, sidecar, signals};
+use quiesce_engine::{Phase, Shutdown, sidecar, signals};
 
 /// How long workers have to exit after end-of-file on their pipe before
 /// they are killed.

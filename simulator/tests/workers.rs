@@ -2,7 +2,6 @@
 //! aborts in-flight requests and ends the engine with exit code 3; workers
 //! ignore signals; a signal at any moment of start-up leaves no orphan, no
 //! hang and no broken pipe (seed 003).
-#![cfg(feature = "sim")]
 
 mod common;
 
@@ -11,7 +10,7 @@ use std::time::Duration;
 use common::{Ask, Engine, RUNNING, SLOW, proc_stat, request, spawn_request, wait_metric};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use quiesce_engine::sim::verify::Outcome;
+use quiesce_sim::verify::Outcome;
 
 const LOST: &str = "lost a worker: aborting every request and exiting";
 

@@ -3,8 +3,8 @@
 //! exit. Prints the figures; asserts nothing.
 //!
 //! ```sh
-//! cargo build -p quiesce-engine            # the engine binary it runs
-//! cargo run -p quiesce-engine --example pacing [-- STREAMS TOKENS INTERVAL_MS]
+//! cargo build -p quiesce-sim               # the engine binary it runs
+//! cargo run -p quiesce-sim --example pacing [-- STREAMS TOKENS INTERVAL_MS]
 //! ```
 //!
 //! Defaults: 8 concurrent streams of 200 tokens at 10 ms, one worker. The
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::{Ask, Engine, SLOW, spawn_request};
 use nix::sys::signal::Signal;
-use quiesce_engine::sim::verify::Outcome;
+use quiesce_sim::verify::Outcome;
 
 fn arg(position: usize, default: u32) -> u32 {
     std::env::args()

@@ -19,6 +19,8 @@
 //! | [`workers`] | worker processes: the pool and the worker's own loop |
 //! | [`lifecycle`] | start-up, drain, teardown, exit code |
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod lifecycle;
 pub mod openai;
