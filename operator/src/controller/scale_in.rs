@@ -17,7 +17,6 @@
 //! and the kept pods', and counts each removed pod that turned out busier
 //! than one kept (`quiesce_operator_scale_in_mischosen_total`).
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -325,11 +324,6 @@ pub fn list(loads: &[PodLoad]) -> String {
         .map(|pod| format!("{} ({})", pod.name, pod.describe()))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// The costs to set: every sampled pod gets its own.
-pub fn costs(loads: &[PodLoad]) -> BTreeMap<String, i32> {
-    loads.iter().map(|p| (p.name.clone(), p.cost())).collect()
 }
 
 #[cfg(test)]
