@@ -409,16 +409,7 @@ pub async fn finish(rolling: Rolling) -> Result<StrategyRun, HarnessError> {
     let new = collect(rolled.new).await;
     prepared.balancer.stop(Duration::from_secs(1)).await;
     for report in old.iter().chain(&new) {
-        if let Some(failure) = &report.failure {
-            problems.push(format!("pod {}: {failure}", report.name));
-        }
-        if !report.orphans.is_empty() {
-            problems.push(format!(
-                "pod {} left processes behind: {}",
-                report.name,
-                report.orphans.join(", ")
-            ));
-        }
+        problems.extend(pod_problems(report));
     }
     let requests = match records {
         Ok(records) => records,
@@ -449,6 +440,22 @@ pub async fn finish(rolling: Rolling) -> Result<StrategyRun, HarnessError> {
         new,
         requests,
     })
+}
+
+/// What went wrong with a finished pod: its failure, the processes it left.
+pub fn pod_problems(report: &PodReport) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(failure) = &report.failure {
+        problems.push(format!("pod {}: {failure}", report.name));
+    }
+    if !report.orphans.is_empty() {
+        problems.push(format!(
+            "pod {} left processes behind: {}",
+            report.name,
+            report.orphans.join(", ")
+        ));
+    }
+    problems
 }
 
 /// Runs `strategies` (see the module's doc for what overlaps).

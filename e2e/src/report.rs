@@ -200,8 +200,6 @@ fn scale_in_table(summaries: &[StrategySummary]) -> String {
             .pods
             .iter()
             .map(|p| {
-                let value =
-                    |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
                 format!(
                     "{} {} / {}",
                     p.name,
@@ -227,6 +225,11 @@ fn scale_in_table(summaries: &[StrategySummary]) -> String {
     out
 }
 
+/// Seconds to a tenth, or `-` when unknown.
+fn value(seconds: Option<f64>) -> String {
+    seconds.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
+}
+
 fn rollout_table(summaries: &[StrategySummary]) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -239,8 +242,6 @@ fn rollout_table(summaries: &[StrategySummary]) -> String {
             .pods
             .iter()
             .map(|p| {
-                let value =
-                    |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
                 format!(
                     "{} {} / {}{}",
                     short_name(s.name, &p.name),

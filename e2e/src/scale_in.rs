@@ -10,6 +10,7 @@
 //! - `IdleFirst`: the operator's rule: it reads every sidecar's `GET /load`
 //!   (the same function the operator calls) and removes the idlest.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use quiesce_operator::api::ScaleInPolicy;
@@ -20,10 +21,10 @@ use quiesce_protocol::contract::DEFAULT_SIDECAR_PORT;
 use tokio::task::JoinHandle;
 
 use crate::client::{Completion, Finished, complete};
-use crate::comparison::{HarnessError, ProgressSink, StrategyRun, note, pod_sink};
+use crate::comparison::{HarnessError, ProgressSink, StrategyRun, note, pod_problems, pod_sink};
 use crate::load::RequestRecord;
+use crate::pod::LocalPod;
 use crate::pod::plan::Images;
-use crate::pod::{LocalPod, PodReport};
 use crate::rollout::pick_victim;
 use crate::strategy::{ENGINE_PORT, Scenario, Strategy};
 
@@ -108,7 +109,11 @@ pub async fn run(
     // Wait until the sidecars see the streams: what the operator reads.
     for (i, pod) in pods.iter().enumerate() {
         let wanted = if i == 0 { 0 } else { STREAMS as u32 };
-        if let Err(e) = load_reaches(sidecar(pod), wanted).await {
+        let reached = match sidecar(pod) {
+            Some(addr) => load_reaches(addr, wanted, BOUND).await,
+            None => Err("the pod has no sidecar port".to_owned()),
+        };
+        if let Err(e) = reached {
             let message = format!("pod {}: {e}", pod.name());
             return Err(stop_all(policy, message, pods).await);
         }
@@ -193,7 +198,7 @@ pub async fn run(
         }
     }
     for report in std::iter::once(&removed_report).chain(&kept) {
-        problems.extend(report_problems(report));
+        problems.extend(pod_problems(report));
     }
     if !problems.is_empty() {
         return Err(harness(policy, problems.join("\n")));
@@ -220,25 +225,14 @@ pub async fn run(
     })
 }
 
-fn report_problems(report: &PodReport) -> Vec<String> {
-    let mut problems = Vec::new();
-    if let Some(failure) = &report.failure {
-        problems.push(format!("pod {}: {failure}", report.name));
-    }
-    if !report.orphans.is_empty() {
-        problems.push(format!(
-            "pod {} left processes behind: {}",
-            report.name,
-            report.orphans.join(", ")
-        ));
-    }
-    problems
-}
-
-/// Waits until the sidecar at `addr` reports `in_flight` requests.
-async fn load_reaches(addr: Option<std::net::SocketAddr>, in_flight: u32) -> Result<(), String> {
-    let addr = addr.ok_or("the pod has no sidecar port")?;
-    let deadline = Instant::now() + BOUND;
+/// Waits (at most `within`) until the sidecar at `addr` reports
+/// `in_flight` requests: what the operator's scale-in would read.
+pub async fn load_reaches(
+    addr: SocketAddr,
+    in_flight: u32,
+    within: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + within;
     loop {
         let load = read_load(addr, Duration::from_secs(1)).await;
         if load.as_ref().is_ok_and(|w| w.in_flight == in_flight) {
@@ -267,7 +261,7 @@ async fn stop_all(
     for pod in pods {
         let pod_name = pod.name().to_owned();
         match tokio::time::timeout(BOUND, pod.finished()).await {
-            Ok(report) => details.extend(report_problems(&report)),
+            Ok(report) => details.extend(pod_problems(&report)),
             Err(_) => details.push(format!("pod {pod_name} did not stop")),
         }
     }

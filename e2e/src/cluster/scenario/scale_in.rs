@@ -13,18 +13,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure as check};
 use kube::api::Api;
 use quiesce_operator::api::{DrainSpec, InferenceDeployment, ScaleInPolicy};
-use quiesce_operator::controller::scale_in::read_load;
 use quiesce_operator::render::labels::SELECTOR_LABEL;
 use quiesce_protocol::contract::{DEFAULT_SIDECAR_PORT, SIDECAR_CONTAINER_NAME};
 use tokio::task::JoinHandle;
 
-use super::workload::{SETTLE, drained, gone, leader_metrics, nothing_lost, outcomes};
+use super::workload::{SETTLE, drained, gone, leader_metrics, nothing_lost, outcomes, sample};
 use crate::client::{Classified, Completion, Finished, complete};
 use crate::cluster::manifests::{self, ENGINE_PORT};
 use crate::cluster::pods::{PodRecord, PodWatch, is_ready};
 use crate::cluster::report::{Figures, seconds};
 use crate::cluster::{Suite, wait_for};
 use crate::load::{Load, LoadConfig};
+use crate::scale_in::load_reaches;
 
 const NAMESPACE: &str = "qe2e-scale-in";
 const NAME: &str = "pick";
@@ -219,9 +219,10 @@ async fn scale_in_once(suite: &Suite, policy: ScaleInPolicy) -> anyhow::Result<R
     // The operator reads the same reports: wait until they show the streams.
     for (name, ip) in &up {
         let wanted = if *name == idle { 0 } else { STREAMS as u32 };
-        load_reaches(SocketAddr::new(*ip, DEFAULT_SIDECAR_PORT), wanted)
+        let sidecar = SocketAddr::new(*ip, DEFAULT_SIDECAR_PORT);
+        load_reaches(sidecar, wanted, Duration::from_secs(30))
             .await
-            .with_context(|| format!("pod {name}"))?;
+            .map_err(|e| anyhow::anyhow!("pod {name}: {e}"))?;
     }
 
     let draining_seen = Arc::new(AtomicI32::new(0));
@@ -389,12 +390,7 @@ struct OperatorCounts {
 impl OperatorCounts {
     async fn read(suite: &Suite) -> anyhow::Result<Self> {
         let metrics = leader_metrics(suite).await?;
-        let sample = |series: &str| -> anyhow::Result<f64> {
-            metrics
-                .lines()
-                .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-                .with_context(|| format!("no {series} in the operator's metrics"))
-        };
+        let sample = |series: &str| sample(&metrics, series);
         Ok(Self {
             load_reads: sample("quiesce_operator_scale_in_load_read_duration_seconds_count")?,
             load_read_seconds: sample("quiesce_operator_scale_in_load_read_duration_seconds_sum")?,
@@ -410,22 +406,6 @@ fn pod_ip(pod: &PodRecord) -> anyhow::Result<IpAddr> {
     ip.with_context(|| format!("pod {} has no IP", pod.name))?
         .parse()
         .with_context(|| format!("pod {}'s IP", pod.name))
-}
-
-/// Waits until the sidecar at `addr` reports `in_flight` requests.
-async fn load_reaches(addr: SocketAddr, in_flight: u32) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let load = read_load(addr, Duration::from_secs(2)).await;
-        if load.as_ref().is_ok_and(|w| w.in_flight == in_flight) {
-            return Ok(());
-        }
-        check!(
-            Instant::now() < deadline,
-            "its sidecar never reported {in_flight} in flight: {load:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Keeps `seen` at the largest status.drainingReplicas of the resource,

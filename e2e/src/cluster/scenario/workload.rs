@@ -353,9 +353,14 @@ async fn resource_versions(suite: &Suite) -> anyhow::Result<[Option<String>; 3]>
 pub async fn reconciles(suite: &Suite, result: &str) -> anyhow::Result<u64> {
     let metrics = leader_metrics(suite).await?;
     let series = format!("quiesce_operator_reconciles_total{{result=\"{result}\"}}");
+    sample(&metrics, &series).map(|n| n as u64)
+}
+
+/// The value of `series` in the OpenMetrics text `metrics`.
+pub fn sample(metrics: &str, series: &str) -> anyhow::Result<f64> {
     metrics
         .lines()
-        .find_map(|line| line.strip_prefix(&series)?.trim().parse().ok())
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .with_context(|| format!("no {series} in the operator's metrics"))
 }
 
