@@ -14,14 +14,12 @@
 //! same engine, load and yardsticks on a real Kubernetes.
 
 pub mod balancer;
-pub mod bins;
 pub mod client;
 pub mod cluster;
 pub mod comparison;
 pub mod load;
 pub mod pair;
 pub mod pod;
-pub mod process;
 pub mod report;
 pub mod rollout;
 pub mod scale_in;

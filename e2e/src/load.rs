@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::balancer::{ATTEMPTS_HEADER, POD_HEADER, PROXY_ERROR_HEADER};
-use crate::client::{self, Classified, Completion, Finished};
+use crate::client::{self, Ask, Classified, Finished};
 
 /// A class of request lengths: `weight` parts of the mix ask for a number
 /// of tokens drawn uniformly in `min..=max`.
@@ -282,11 +282,7 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 impl Sender {
     async fn send(&self, max_tokens: u32) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let completion = Completion {
-            prompt: format!("request {id}: tell me about the sea"),
-            max_tokens,
-            stream: true,
-        };
+        let completion = Ask::stream(&format!("request {id}: tell me about the sea"), max_tokens);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut sent = 0;
         let mut started = None;

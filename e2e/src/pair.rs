@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::bins;
-use crate::client::{Completion, Finished, complete, get_status};
-use crate::process::Process;
+use quiesce_testkit::bins;
+use quiesce_testkit::http::{self, get_status, wait_for_status};
+use quiesce_testkit::process::Process;
 
-/// Generous bound for anything that should take well under a second: CI is
-/// a loaded 2-core machine.
-pub const PROMPT: Duration = Duration::from_secs(10);
+use crate::client::{Ask, Finished, complete};
+
+pub use quiesce_testkit::PROMPT;
 /// Time per output token of the engine.
 pub const TOKEN_MS: u64 = 10;
 
@@ -92,11 +92,7 @@ pub async fn spawn_engine(mut program: Command, extra: &[&str]) -> (Process, Soc
 /// Streams a completion of `tokens` tokens from the engine at `addr`, in
 /// the background.
 pub fn stream(addr: SocketAddr, tokens: u32) -> tokio::task::JoinHandle<Finished> {
-    let completion = Completion {
-        prompt: format!("a request of {tokens} tokens"),
-        max_tokens: tokens,
-        stream: true,
-    };
+    let completion = Ask::stream(&format!("a request of {tokens} tokens"), tokens);
     tokio::spawn(async move { complete(addr, &completion).await })
 }
 
@@ -113,25 +109,6 @@ pub fn drain_client(socket: &Path, propagation: f64, timeout: f64, grace: f64) -
             .args(["--abort-grace-seconds", &grace.to_string()]),
     )
     .unwrap()
-}
-
-/// Polls `GET path` on `addr` until it answers `status`; panics with
-/// `context()` after [`PROMPT`].
-pub async fn wait_for_status(
-    addr: SocketAddr,
-    path: &str,
-    status: u16,
-    context: impl Fn() -> String,
-) {
-    let deadline = Instant::now() + PROMPT;
-    while get_status(addr, path, PROMPT).await != Some(status) {
-        assert!(
-            Instant::now() < deadline,
-            "{path} never answered {status}:\n{}",
-            context()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 impl Pair {
@@ -232,30 +209,8 @@ impl Pair {
 
 /// The sidecar's `/status`.
 pub async fn status_json(addr: SocketAddr) -> serde_json::Value {
-    get_json(addr, "/status").await
-}
-
-/// `GET path` on `addr`: the body.
-pub async fn get_text(addr: SocketAddr, path: &str) -> String {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, addr.to_string())
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let body = http_body_util::BodyExt::collect(response.into_body())
+    http::get(addr, "/status")
         .await
-        .unwrap()
-        .to_bytes();
-    String::from_utf8_lossy(&body).into_owned()
-}
-
-/// `GET path` on `addr`, as JSON.
-pub async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
-    serde_json::from_str(&get_text(addr, path).await).unwrap()
+        .unwrap_or_else(|e| panic!("GET /status: {e}"))
+        .json()
 }

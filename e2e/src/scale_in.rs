@@ -20,7 +20,7 @@ use quiesce_operator::controller::scale_in::{
 use quiesce_protocol::contract::DEFAULT_SIDECAR_PORT;
 use tokio::task::JoinHandle;
 
-use crate::client::{Completion, Finished, complete};
+use crate::client::{Ask, Finished, complete};
 use crate::comparison::{HarnessError, ProgressSink, StrategyRun, note, pod_problems, pod_sink};
 use crate::load::RequestRecord;
 use crate::pod::LocalPod;
@@ -97,11 +97,7 @@ pub async fn run(
             return Err(stop_all(policy, "a pod has no engine port", pods).await);
         };
         for i in 0..STREAMS {
-            let completion = Completion {
-                prompt: format!("{} stream {i}", pod.name()),
-                max_tokens: tokens,
-                stream: true,
-            };
+            let completion = Ask::stream(&format!("{} stream {i}", pod.name()), tokens);
             let stream = tokio::spawn(async move { complete(addr, &completion).await });
             streams.push((pod.name().to_owned(), stream));
         }

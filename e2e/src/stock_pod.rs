@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::bins;
 use crate::client::{Finished, get_status};
-use crate::pair::{self, PROMPT, drain_client, get_json, spawn_engine, spawn_sidecar};
-use crate::process::Process;
+use crate::pair::{self, PROMPT, drain_client, spawn_engine, spawn_sidecar};
+use quiesce_testkit::bins;
+use quiesce_testkit::http;
+use quiesce_testkit::process::Process;
 
 /// One stock engine as the operator renders it, or with a flag changed.
 #[derive(Clone, Copy, Debug)]
@@ -168,7 +169,10 @@ impl StockPod {
 
     /// The engine's own count of HTTP requests on `path`.
     pub async fn engine_requests(&self, path: &str) -> u64 {
-        let stats = get_json(self.engine_http, "/sim/stats").await;
+        let stats = http::get(self.engine_http, "/sim/stats")
+            .await
+            .expect("GET")
+            .json();
         stats["requests"][path].as_u64().unwrap_or(0)
     }
 

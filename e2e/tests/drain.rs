@@ -6,9 +6,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use quiesce_e2e::bins;
-use quiesce_e2e::client::{Classified, Completion, complete};
+use quiesce_e2e::client::{Ask, Classified, complete};
 use quiesce_e2e::pair::{PROMPT, Pair, spawn_engine, spawn_sidecar};
+use quiesce_testkit::bins;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_ends_right_after_the_last_request() {
@@ -23,15 +23,7 @@ async fn the_drain_ends_right_after_the_last_request() {
 
     // After the propagation delay, new requests are refused before any work.
     let finished = stream.await.unwrap();
-    let late = complete(
-        pod.engine_http,
-        &Completion {
-            prompt: "late".into(),
-            max_tokens: 5,
-            stream: true,
-        },
-    )
-    .await;
+    let late = complete(pod.engine_http, &Ask::stream("late", 5)).await;
     let status = client.wait(PROMPT).await.expect("the drain client returns");
     let returned = Instant::now();
 

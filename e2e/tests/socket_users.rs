@@ -11,10 +11,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use quiesce_e2e::bins;
 use quiesce_e2e::client::get_status;
 use quiesce_e2e::pair::{spawn_engine, spawn_sidecar};
-use quiesce_e2e::process::Process;
+use quiesce_testkit::bins;
+use quiesce_testkit::process::Process;
 
 const PROMPT: Duration = Duration::from_secs(10);
 /// The sidecar's user and the pod's fsGroup, as the operator renders them.

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use quiesce_e2e::client::{Classified, get_status};
-use quiesce_e2e::pair::{PROMPT, get_json, get_text, status_json};
+use quiesce_e2e::pair::{PROMPT, status_json};
 use quiesce_e2e::stock_pod::{
     Flavor, SGLANG, SGLANG_WITHOUT_METRICS, StockPod, TRTLLM, TRTLLM_WITHOUT_PERF_METRICS, VLLM,
     VLLM_WITHOUT_LOG_STATS,
 };
+use quiesce_testkit::http;
 
 /// A request the engine has received (its own count says so) before the
 /// drain starts with no propagation delay: the sidecar's last look is older
@@ -153,14 +154,20 @@ async fn unknown_work_drains_to_the_timeout(flavor: Flavor, reason: &str) {
     let pod = StockPod::start(flavor, &[], &[]).await;
     let status = status_json(pod.sidecar_http).await;
     assert_eq!(status["work_unknown"], reason, "{status}");
-    let load = get_json(pod.sidecar_http, "/load").await;
+    let load = http::get(pod.sidecar_http, "/load")
+        .await
+        .expect("GET")
+        .json();
     assert_eq!(load["unknown"], reason, "{load}");
     assert_eq!(
         load["in_flight"],
         serde_json::Value::Null,
         "unknown is not 0: {load}"
     );
-    let metrics = get_text(pod.sidecar_http, "/metrics").await;
+    let metrics = http::get(pod.sidecar_http, "/metrics")
+        .await
+        .expect("GET")
+        .text();
     let series = format!("quiesce_engine_work_unknown{{reason=\"{reason}\"}} 1");
     assert!(metrics.contains(&series), "{metrics}");
     assert!(

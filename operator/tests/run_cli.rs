@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,11 +15,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+use quiesce_testkit::http;
+use quiesce_testkit::process::Process;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 const LEASE_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases/quiesce-operator";
 
@@ -133,67 +133,42 @@ fn free_port() -> SocketAddr {
 }
 
 struct Operator {
-    child: Child,
-    log: PathBuf,
+    process: Process,
     admin: SocketAddr,
 }
 
 impl Operator {
     fn start(test: &str, api: SocketAddr, extra: &[&str]) -> Self {
         let admin = free_port();
-        let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{test}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_quiesce-operator"))
-            .arg("run")
-            .args(["--admin-listen", &admin.to_string()])
-            .args(extra)
-            .env("KUBECONFIG", kubeconfig(test, api))
-            .env("POD_NAME", "operator-0")
-            .env("RUST_LOG", "info")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Self { child, log, admin }
+        let process = Process::spawn(
+            "quiesce-operator",
+            Command::new(env!("CARGO_BIN_EXE_quiesce-operator"))
+                .arg("run")
+                .args(["--admin-listen", &admin.to_string()])
+                .args(extra)
+                .env("KUBECONFIG", kubeconfig(test, api))
+                .env("POD_NAME", "operator-0")
+                .env("RUST_LOG", "info")
+                .env_remove("KUBERNETES_SERVICE_HOST"),
+        )
+        .unwrap();
+        Self { process, admin }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.logs()
     }
 
-    /// Waits (bounded) for the process to exit.
-    fn wait(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "the operator did not exit within {within:?}:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn terminate(&self) {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        kill(pid, Signal::SIGTERM).unwrap();
-    }
-
-    /// Polls `path` on the admin server until `accept` returns true.
+    /// Polls `path` on the admin server until it answers 200 with a body
+    /// that `accept`s.
     async fn until(&self, path: &str, accept: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(response) = get(self.admin, path).await
-                && accept(&response)
+            if let Ok(reply) = http::get(self.admin, path).await
+                && reply.status == 200
+                && accept(&reply.text())
             {
-                return response;
+                return reply.text();
             }
             assert!(
                 Instant::now() < deadline,
@@ -203,24 +178,6 @@ impl Operator {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A GET over a real socket: the whole response, or `None` when nothing
-/// listens yet.
-async fn get(address: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(address).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    Some(response)
 }
 
 async fn eventually(what: &str, operator: &Operator, check: impl Fn() -> bool) {
@@ -242,13 +199,9 @@ async fn runs_the_controller_serves_admin_and_stops_on_sigterm() {
     let api = start_api_server(cluster.clone()).await;
     let mut operator = Operator::start("run-plain", api, &["--log-format", "json"]);
 
-    operator
-        .until("/readyz", |r| r.starts_with("HTTP/1.1 200"))
-        .await;
-    let healthz = operator
-        .until("/healthz", |r| r.starts_with("HTTP/1.1 200"))
-        .await;
-    assert!(healthz.ends_with("ok\n"), "{healthz}");
+    operator.until("/readyz", |_| true).await;
+    let healthz = operator.until("/healthz", |_| true).await;
+    assert_eq!(healthz, "ok\n");
     // Without election this instance leads from the start.
     let metrics = operator
         .until("/metrics", |r| {
@@ -267,8 +220,8 @@ async fn runs_the_controller_serves_admin_and_stops_on_sigterm() {
     })
     .await;
 
-    operator.terminate();
-    let exit = operator.wait(Duration::from_secs(15));
+    operator.process.signal(Signal::SIGTERM);
+    let exit = operator.process.expect_exit(Duration::from_secs(15)).await;
     let log = operator.log();
     assert!(exit.success(), "{exit}:\n{log}");
     assert!(log.contains("\"message\":\"stopped\""), "{log}");
@@ -285,9 +238,7 @@ async fn leads_through_a_lease_and_releases_it_on_sigterm() {
     let api = start_api_server(cluster.clone()).await;
     let mut operator = Operator::start("run-leader", api, &["--leader-elect"]);
 
-    operator
-        .until("/readyz", |r| r.starts_with("HTTP/1.1 200"))
-        .await;
+    operator.until("/readyz", |_| true).await;
     operator
         .until("/metrics", |r| {
             r.lines().any(|l| l == "quiesce_operator_leader 1")
@@ -302,8 +253,8 @@ async fn leads_through_a_lease_and_releases_it_on_sigterm() {
     };
     assert_eq!(holder(&cluster), Some(json!("operator-0")));
 
-    operator.terminate();
-    let exit = operator.wait(Duration::from_secs(15));
+    operator.process.signal(Signal::SIGTERM);
+    let exit = operator.process.expect_exit(Duration::from_secs(15)).await;
     assert!(exit.success(), "{exit}:\n{}", operator.log());
     assert_eq!(
         holder(&cluster),
@@ -318,7 +269,7 @@ async fn refuses_to_start_without_the_crd() {
     let cluster = Shared::default();
     let api = start_api_server(cluster).await;
     let mut operator = Operator::start("run-no-crd", api, &[]);
-    let exit = operator.wait(Duration::from_secs(15));
+    let exit = operator.process.expect_exit(Duration::from_secs(15)).await;
     assert_eq!(exit.code(), Some(1));
     let log = operator.log();
     assert!(

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::{PROMPT, ScriptedEngine, Sidecar, drain_client};
 use nix::sys::signal::Signal;
 use quiesce_protocol::{ErrorCode, MAX_FRAME_LEN, Phase, ServerMessage};
+use quiesce_testkit::process::Process;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -21,45 +22,54 @@ fn error_code(message: Option<ServerMessage>) -> ErrorCode {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_and_liveness_follow_the_engine() {
-    let sidecar = Sidecar::start(&[]);
+    let sidecar = Sidecar::start(&[]).await;
     // No engine yet: the sidecar is live (the engine may be loading) but not ready.
-    assert_eq!(sidecar.get("/live").0, 200);
-    assert_eq!(sidecar.get("/ready"), (503, "no engine connected\n".into()));
+    assert_eq!(sidecar.get("/live").await.0, 200);
+    assert_eq!(
+        sidecar.get("/ready").await,
+        (503, "no engine connected\n".into())
+    );
 
     let mut engine = ScriptedEngine::connect(&sidecar.socket).await;
     engine.report(Phase::Starting, 0).await;
-    sidecar.wait_for_status("/live", 200, PROMPT);
-    assert_eq!(sidecar.get("/ready").0, 503);
+    sidecar.wait_for_status("/live", 200).await;
+    assert_eq!(sidecar.get("/ready").await.0, 503);
     engine.report(Phase::Ready, 0).await;
-    sidecar.wait_for_status("/ready", 200, PROMPT);
+    sidecar.wait_for_status("/ready", 200).await;
 
     // Silent for more than 5 heartbeats (5 x 100 ms): not live, not ready.
-    sidecar.wait_for_status("/live", 503, PROMPT);
-    assert_eq!(sidecar.get("/ready").0, 503);
-    sidecar.wait_for_metric(
-        "quiesce_readiness_transitions_total{ready=\"false\"}",
-        |n| n == 1.0,
-    );
+    sidecar.wait_for_status("/live", 503).await;
+    assert_eq!(sidecar.get("/ready").await.0, 503);
+    sidecar
+        .wait_for_metric(
+            "quiesce_readiness_transitions_total{ready=\"false\"}",
+            |n| n == 1.0,
+        )
+        .await;
     // Heartbeats again: live and ready again.
     engine.report(Phase::Ready, 0).await;
-    assert_eq!(sidecar.get("/live").0, 200);
-    assert_eq!(sidecar.get("/ready").0, 200);
+    assert_eq!(sidecar.get("/live").await.0, 200);
+    assert_eq!(sidecar.get("/ready").await.0, 200);
     // Each change of /ready was counted once.
-    sidecar.wait_for_metric("quiesce_readiness_transitions_total{ready=\"true\"}", |n| {
-        n == 2.0
-    });
+    sidecar
+        .wait_for_metric("quiesce_readiness_transitions_total{ready=\"true\"}", |n| {
+            n == 2.0
+        })
+        .await;
     assert_eq!(
-        sidecar.metric("quiesce_readiness_transitions_total{ready=\"false\"}"),
+        sidecar
+            .metric("quiesce_readiness_transitions_total{ready=\"false\"}")
+            .await,
         1.0
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_returns_right_after_the_engine_finishes() {
-    let sidecar = Sidecar::start(&[]);
+    let sidecar = Sidecar::start(&[]).await;
     let mut engine = ScriptedEngine::connect(&sidecar.socket).await;
     engine.report(Phase::Ready, 2).await;
-    sidecar.wait_for_status("/ready", 200, PROMPT);
+    sidecar.wait_for_status("/ready", 200).await;
 
     let mut client = drain_client(&sidecar.socket, 0.2, 60.0, 5.0);
     let drain = engine.heartbeat_until_frame(Phase::Ready, 2).await;
@@ -71,13 +81,13 @@ async fn drain_returns_right_after_the_engine_finishes() {
     assert_eq!(request.abort_grace, Duration::from_secs(5));
     // /ready fails from the moment the drain was requested, before the
     // engine says anything.
-    assert_eq!(sidecar.get("/ready"), (503, "draining\n".into()));
+    assert_eq!(sidecar.get("/ready").await, (503, "draining\n".into()));
 
     engine.report(Phase::Draining, 1).await;
     engine.report(Phase::Draining, 0).await;
     let stopped_at = Instant::now();
     engine.report(Phase::Stopped, 0).await;
-    let status = client.wait(PROMPT);
+    let status = client.expect_exit(PROMPT).await;
     let returned_after = stopped_at.elapsed();
     assert!(status.success(), "{status:?}");
     assert!(client.logs().contains("drained after"), "{}", client.logs());
@@ -86,15 +96,17 @@ async fn drain_returns_right_after_the_engine_finishes() {
         "the preStop client took {returned_after:?} after the engine stopped"
     );
     assert_eq!(
-        sidecar.metric("quiesce_drains_total{result=\"drained\"}"),
+        sidecar
+            .metric("quiesce_drains_total{result=\"drained\"}")
+            .await,
         1.0
     );
-    assert_eq!(sidecar.metric("quiesce_drain_in_progress"), 0.0);
+    assert_eq!(sidecar.metric("quiesce_drain_in_progress").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_sends_abort_and_the_drain_reports_aborted() {
-    let sidecar = Sidecar::start(&[]);
+    let sidecar = Sidecar::start(&[]).await;
     let mut engine = ScriptedEngine::connect(&sidecar.socket).await;
     engine.report(Phase::Ready, 3).await;
     let requested = Instant::now();
@@ -115,18 +127,20 @@ async fn the_deadline_sends_abort_and_the_drain_reports_aborted() {
     assert_eq!(abort.grace, Duration::from_secs(2));
     engine.report(Phase::Aborting, 3).await;
     engine.report(Phase::Stopped, 0).await;
-    assert!(client.wait(PROMPT).success());
+    assert!(client.expect_exit(PROMPT).await.success());
     assert!(client.logs().contains("aborted after"), "{}", client.logs());
     assert_eq!(
-        sidecar.metric("quiesce_drains_total{result=\"aborted\"}"),
+        sidecar
+            .metric("quiesce_drains_total{result=\"aborted\"}")
+            .await,
         1.0
     );
-    assert_eq!(sidecar.metric("quiesce_requests_aborted_total"), 3.0);
+    assert_eq!(sidecar.metric("quiesce_requests_aborted_total").await, 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_that_ignores_abort_is_given_up_on_after_the_grace() {
-    let sidecar = Sidecar::start(&[]);
+    let sidecar = Sidecar::start(&[]).await;
     let mut engine = ScriptedEngine::connect(&sidecar.socket).await;
     engine.report(Phase::Ready, 1).await;
     let started = Instant::now();
@@ -146,9 +160,12 @@ async fn an_engine_that_ignores_abort_is_given_up_on_after_the_grace() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    let exited = tokio::task::spawn_blocking(move || (client.wait(PROMPT), client.logs()));
+    let exited = async {
+        let status = client.expect_exit(PROMPT).await;
+        (status, client.logs())
+    };
     let (status, logs) = tokio::select! {
-        result = exited => result.unwrap(),
+        result = exited => result,
         () = wait => unreachable!(),
     };
     assert!(status.success());
@@ -162,7 +179,7 @@ async fn an_engine_that_ignores_abort_is_given_up_on_after_the_grace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_lost_mid_drain_ends_the_drain_at_once() {
-    let sidecar = Sidecar::start(&[]);
+    let sidecar = Sidecar::start(&[]).await;
     let mut engine = ScriptedEngine::connect(&sidecar.socket).await;
     engine.report(Phase::Ready, 1).await;
     let mut client = drain_client(&sidecar.socket, 0.0, 60.0, 5.0);
@@ -173,7 +190,7 @@ async fn an_engine_lost_mid_drain_ends_the_drain_at_once() {
     engine.report(Phase::Draining, 1).await;
     let lost_at = Instant::now();
     drop(engine);
-    assert!(client.wait(PROMPT).success());
+    assert!(client.expect_exit(PROMPT).await.success());
     assert!(
         lost_at.elapsed() < Duration::from_secs(3),
         "took {:?}",
@@ -181,17 +198,19 @@ async fn an_engine_lost_mid_drain_ends_the_drain_at_once() {
     );
     assert!(client.logs().contains("engine_lost"), "{}", client.logs());
     assert_eq!(
-        sidecar.metric("quiesce_drains_total{result=\"engine_lost\"}"),
+        sidecar
+            .metric("quiesce_drains_total{result=\"engine_lost\"}")
+            .await,
         1.0
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_without_engine_waits_the_propagation_delay_in_the_client() {
-    let sidecar = Sidecar::start(&[]);
+    let sidecar = Sidecar::start(&[]).await;
     let started = Instant::now();
     let mut client = drain_client(&sidecar.socket, 0.6, 60.0, 5.0);
-    assert!(client.wait(PROMPT).success());
+    assert!(client.expect_exit(PROMPT).await.success());
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(600),
@@ -199,7 +218,9 @@ async fn a_drain_without_engine_waits_the_propagation_delay_in_the_client() {
     );
     assert!(client.logs().contains("no_engine"), "{}", client.logs());
     assert_eq!(
-        sidecar.metric("quiesce_drains_total{result=\"no_engine\"}"),
+        sidecar
+            .metric("quiesce_drains_total{result=\"no_engine\"}")
+            .await,
         1.0
     );
 }
@@ -209,7 +230,7 @@ async fn the_drain_client_without_a_sidecar_waits_the_propagation_delay_and_exit
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut client = drain_client(&dir.path().join("missing.sock"), 0.5, 60.0, 5.0);
-    assert!(client.wait(PROMPT).success());
+    assert!(client.expect_exit(PROMPT).await.success());
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(500),
@@ -225,7 +246,7 @@ async fn the_drain_client_without_a_sidecar_waits_the_propagation_delay_and_exit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_killed_mid_drain_releases_the_client() {
-    let mut sidecar = Sidecar::start(&[]);
+    let mut sidecar = Sidecar::start(&[]).await;
     let mut engine = ScriptedEngine::connect(&sidecar.socket).await;
     engine.report(Phase::Ready, 1).await;
     let started = Instant::now();
@@ -236,10 +257,10 @@ async fn a_sidecar_killed_mid_drain_releases_the_client() {
     ));
     engine.report(Phase::Draining, 1).await;
     sidecar.process.signal(Signal::SIGKILL);
-    sidecar.process.wait(PROMPT);
+    sidecar.process.expect_exit(PROMPT).await;
     // The engine sees its sidecar go away.
     assert!(engine.is_closed().await);
-    assert!(client.wait(PROMPT).success());
+    assert!(client.expect_exit(PROMPT).await.success());
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(400),
@@ -250,7 +271,7 @@ async fn a_sidecar_killed_mid_drain_releases_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_engine_is_refused_with_a_clear_error() {
-    let sidecar = Sidecar::start(&[]);
+    let sidecar = Sidecar::start(&[]).await;
     let mut first = ScriptedEngine::connect(&sidecar.socket).await;
     first.report(Phase::Ready, 0).await;
     let (mut second, answer) = ScriptedEngine::connect_with(&sidecar.socket, vec![1]).await;
@@ -269,12 +290,12 @@ async fn a_second_engine_is_refused_with_a_clear_error() {
     );
     // The first engine is unaffected.
     first.report(Phase::Ready, 0).await;
-    sidecar.wait_for_status("/ready", 200, PROMPT);
+    sidecar.wait_for_status("/ready", 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_protocol_version_gets_a_clear_error() {
-    let sidecar = Sidecar::start(&[]);
+    let sidecar = Sidecar::start(&[]).await;
     let (mut engine, answer) = ScriptedEngine::connect_with(&sidecar.socket, vec![7, 9]).await;
     let ServerMessage::Error(error) = answer else {
         panic!("{answer:?}")
@@ -289,7 +310,7 @@ async fn a_wrong_protocol_version_gets_a_clear_error() {
     // A correct engine still connects.
     let mut good = ScriptedEngine::connect(&sidecar.socket).await;
     good.report(Phase::Ready, 0).await;
-    sidecar.wait_for_status("/ready", 200, PROMPT);
+    sidecar.wait_for_status("/ready", 200).await;
 }
 
 /// Sends raw bytes as a client's first frame and returns the sidecar's answer.
@@ -313,10 +334,10 @@ async fn send_raw(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_close_only_their_connection() {
-    let sidecar = Sidecar::start(&[]);
+    let sidecar = Sidecar::start(&[]).await;
     let mut engine = ScriptedEngine::connect(&sidecar.socket).await;
     engine.report(Phase::Ready, 0).await;
-    sidecar.wait_for_status("/ready", 200, PROMPT);
+    sidecar.wait_for_status("/ready", 200).await;
 
     let body = b"{not json";
     let mut malformed = (body.len() as u32).to_be_bytes().to_vec();
@@ -368,8 +389,8 @@ async fn bad_frames_close_only_their_connection() {
 
     // Through all of it the sidecar kept serving.
     engine.report(Phase::Ready, 0).await;
-    assert_eq!(sidecar.get("/ready").0, 200);
-    assert_eq!(sidecar.get("/live").0, 200);
+    assert_eq!(sidecar.get("/ready").await.0, 200);
+    assert_eq!(sidecar.get("/live").await.0, 200);
     assert!(
         sidecar.process.logs().contains("frame"),
         "errors are logged"
@@ -378,7 +399,7 @@ async fn bad_frames_close_only_their_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
-    let sidecar = Sidecar::start(&[]);
+    let sidecar = Sidecar::start(&[]).await;
     let stream = UnixStream::connect(&sidecar.socket).await.unwrap();
     let mut reader = quiesce_protocol::FrameReader::new(stream);
     let answer = tokio::time::timeout(Duration::from_secs(15), reader.read::<ServerMessage>())
@@ -388,49 +409,51 @@ async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
     assert_eq!(error_code(answer), ErrorCode::HandshakeTimeout);
 }
 
-#[test]
-fn the_socket_is_not_world_writable() {
-    let sidecar = Sidecar::start(&[]);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_is_not_world_writable() {
+    let sidecar = Sidecar::start(&[]).await;
     let meta = std::fs::metadata(&sidecar.socket).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     assert_eq!(meta.gid(), nix::unistd::getegid().as_raw());
 }
 
-#[test]
-fn a_stale_socket_file_is_replaced() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_socket_file_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("quiesce.sock");
     // A socket nobody listens on, as a killed sidecar leaves behind.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     assert!(std::fs::metadata(&socket).unwrap().file_type().is_socket());
-    let sidecar = Sidecar::start_at(dir, socket, &[]);
+    let sidecar = Sidecar::start_at(dir, socket, &[]).await;
     assert!(sidecar.process.logs().contains("replacing a stale file"));
     assert!(std::os::unix::net::UnixStream::connect(&sidecar.socket).is_ok());
 }
 
-#[test]
-fn a_symlink_at_the_socket_path_is_replaced_not_followed() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_at_the_socket_path_is_replaced_not_followed() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("precious");
     std::fs::write(&target, "keep me").unwrap();
     let socket = dir.path().join("quiesce.sock");
     std::os::unix::fs::symlink(&target, &socket).unwrap();
-    let sidecar = Sidecar::start_at(dir, socket, &[]);
+    let sidecar = Sidecar::start_at(dir, socket, &[]).await;
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
     let meta = std::fs::symlink_metadata(&sidecar.socket).unwrap();
     assert!(meta.file_type().is_socket());
 }
 
-#[test]
-fn a_live_socket_is_not_stolen() {
-    let first = Sidecar::start(&[]);
-    let mut second = common::Process::spawn(
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_socket_is_not_stolen() {
+    let first = Sidecar::start(&[]).await;
+    let mut second = Process::spawn(
+        "second sidecar",
         std::process::Command::new(common::BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--socket"])
             .arg(&first.socket),
-    );
-    let status = second.wait(PROMPT);
+    )
+    .unwrap();
+    let status = second.expect_exit(PROMPT).await;
     assert_eq!(status.code(), Some(1));
     assert!(
         second.logs().contains("in use by a live process"),
@@ -440,30 +463,26 @@ fn a_live_socket_is_not_stolen() {
     assert!(std::os::unix::net::UnixStream::connect(&first.socket).is_ok());
 }
 
-#[test]
-fn http_is_read_only_and_bounded() {
-    let sidecar = Sidecar::start(&[]);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_is_read_only_and_bounded() {
+    let sidecar = Sidecar::start(&[]).await;
     for path in ["/live", "/ready", "/metrics", "/status", "/load"] {
         let request = format!(
             "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
         );
-        assert_eq!(
-            common::http_request(sidecar.http, &request).0,
-            405,
-            "POST {path}"
-        );
+        assert_eq!(sidecar.raw_status(&request).await, 405, "POST {path}");
     }
-    assert_eq!(sidecar.get("/drain").0, 404);
+    assert_eq!(sidecar.get("/drain").await.0, 404);
     // A client announcing a huge body gets an answer without the sidecar reading it.
     let huge = "POST /ready HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000000\r\nConnection: close\r\n\r\n";
-    assert_eq!(common::http_request(sidecar.http, huge).0, 405);
-    assert_eq!(sidecar.get("/live").0, 200);
+    assert_eq!(sidecar.raw_status(huge).await, 405);
+    assert_eq!(sidecar.get("/live").await.0, 200);
 }
 
-#[test]
-fn metrics_and_status_describe_the_sidecar() {
-    let sidecar = Sidecar::start(&[]);
-    let (code, body) = sidecar.get("/metrics");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_status_describe_the_sidecar() {
+    let sidecar = Sidecar::start(&[]).await;
+    let (code, body) = sidecar.get("/metrics").await;
     assert_eq!(code, 200);
     for name in [
         "quiesce_engine_phase{phase=\"unknown\"} 1",
@@ -479,7 +498,7 @@ fn metrics_and_status_describe_the_sidecar() {
     ] {
         assert!(body.contains(name), "{name} missing from:\n{body}");
     }
-    let (code, status) = sidecar.get("/status");
+    let (code, status) = sidecar.get("/status").await;
     assert_eq!(code, 200);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["ready"], false);
@@ -487,11 +506,11 @@ fn metrics_and_status_describe_the_sidecar() {
     assert_eq!(status["drain"], serde_json::Value::Null);
 }
 
-#[test]
-fn install_dir_gets_an_executable_copy_of_the_binary() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_dir_gets_an_executable_copy_of_the_binary() {
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");
-    let sidecar = Sidecar::start(&["--install-dir", bin.to_str().unwrap()]);
+    let sidecar = Sidecar::start(&["--install-dir", bin.to_str().unwrap()]).await;
     let installed = bin.join("quiesce-sidecar");
     assert_eq!(
         std::fs::read(&installed).unwrap(),
@@ -529,25 +548,27 @@ fn install_dir_gets_an_executable_copy_of_the_binary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_sigterm_the_sidecar_waits_for_a_draining_engine() {
-    let mut sidecar = Sidecar::start(&[]);
+    let mut sidecar = Sidecar::start(&[]).await;
     let mut engine = ScriptedEngine::connect(&sidecar.socket).await;
     // The engine got SIGTERM first and drains by itself.
     engine.report(Phase::Draining, 1).await;
-    sidecar.wait_for_status("/ready", 503, PROMPT);
+    sidecar.wait_for_status("/ready", 503).await;
     sidecar.process.signal(Signal::SIGTERM);
     sidecar
         .process
-        .wait_for_line("waiting for the drain to end", PROMPT);
+        .wait_for_line("waiting for the drain to end", PROMPT)
+        .await
+        .unwrap();
     assert!(
-        sidecar.process.child.try_wait().unwrap().is_none(),
+        sidecar.process.try_exit().is_none(),
         "exited while the engine drains"
     );
     // The sidecar keeps serving the engine meanwhile.
     engine.report(Phase::Draining, 0).await;
-    assert_eq!(sidecar.get("/live").0, 200);
+    assert_eq!(sidecar.get("/live").await.0, 200);
     let stopped_at = Instant::now();
     engine.report(Phase::Stopped, 0).await;
-    let status = sidecar.process.wait(PROMPT);
+    let status = sidecar.process.expect_exit(PROMPT).await;
     assert_eq!(status.code(), Some(0));
     assert!(stopped_at.elapsed() < Duration::from_secs(5));
     assert!(
@@ -558,12 +579,12 @@ async fn on_sigterm_the_sidecar_waits_for_a_draining_engine() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigterm_without_any_drain_is_reported_loudly() {
-    let mut sidecar = Sidecar::start(&[]);
+    let mut sidecar = Sidecar::start(&[]).await;
     let mut engine = ScriptedEngine::connect(&sidecar.socket).await;
     engine.report(Phase::Ready, 4).await;
-    sidecar.wait_for_status("/ready", 200, PROMPT);
+    sidecar.wait_for_status("/ready", 200).await;
     sidecar.process.signal(Signal::SIGTERM);
-    assert_eq!(sidecar.process.wait(PROMPT).code(), Some(0));
+    assert_eq!(sidecar.process.expect_exit(PROMPT).await.code(), Some(0));
     let logs = sidecar.process.logs();
     assert!(logs.contains("no drain was ever requested"), "{logs}");
     assert!(logs.contains("FailedPreStopHook"), "{logs}");
@@ -572,23 +593,27 @@ async fn a_sigterm_without_any_drain_is_reported_loudly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stock_engine_sidecar_refuses_protocol_engines_clearly() {
     // Nothing listens on port 1: the stock engine is not up yet.
-    let sidecar = Sidecar::start(&["--adapter", "vllm", "--engine-url", "http://127.0.0.1:1"]);
+    let sidecar =
+        Sidecar::start(&["--adapter", "vllm", "--engine-url", "http://127.0.0.1:1"]).await;
     let (mut engine, answer) = ScriptedEngine::connect_with(&sidecar.socket, vec![1]).await;
     let ServerMessage::Error(error) = answer else {
         panic!("{answer:?}")
     };
     assert!(error.message.contains("over HTTP"), "{}", error.message);
     assert!(engine.is_closed().await);
-    assert_eq!(sidecar.get("/ready"), (503, "no engine connected\n".into()));
     assert_eq!(
-        sidecar.get("/live").0,
+        sidecar.get("/ready").await,
+        (503, "no engine connected\n".into())
+    );
+    assert_eq!(
+        sidecar.get("/live").await.0,
         200,
         "a stock engine that is still loading is live"
     );
 }
 
-#[test]
-fn a_stock_adapter_needs_the_engine_url() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_adapter_needs_the_engine_url() {
     let dir = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(common::BIN)
         .args(["serve", "--adapter", "sglang", "--socket"])
@@ -601,15 +626,19 @@ fn a_stock_adapter_needs_the_engine_url() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_reports_the_engines_work_or_that_it_is_unknown() {
-    let sidecar = Sidecar::start(&[]);
-    let load = || -> serde_json::Value { serde_json::from_str(&sidecar.get("/load").1).unwrap() };
-    assert_eq!(load()["unknown"], "no_engine");
-    assert_eq!(load()["in_flight"], serde_json::Value::Null);
+    let sidecar = Sidecar::start(&[]).await;
+    let load = async || -> serde_json::Value {
+        serde_json::from_str(&sidecar.get("/load").await.1).unwrap()
+    };
+    assert_eq!(load().await["unknown"], "no_engine");
+    assert_eq!(load().await["in_flight"], serde_json::Value::Null);
 
     let mut engine = ScriptedEngine::connect(&sidecar.socket).await;
     engine.report(Phase::Ready, 2).await;
-    sidecar.wait_for_metric("quiesce_engine_in_flight_requests", |n| n == 2.0);
-    let report = load();
+    sidecar
+        .wait_for_metric("quiesce_engine_in_flight_requests", |n| n == 2.0)
+        .await;
+    let report = load().await;
     assert_eq!(report["in_flight"], 2, "{report}");
     assert_eq!(report["queued"], 0, "{report}");
     assert_eq!(report["draining"], false, "{report}");
@@ -620,7 +649,7 @@ async fn load_reports_the_engines_work_or_that_it_is_unknown() {
     assert!(report.get("unknown").is_none(), "{report}");
 
     let drain = common::drain_client(&sidecar.socket, 5.0, 5.0, 1.0);
-    sidecar.wait_for_status("/ready", 503, PROMPT);
-    assert_eq!(load()["draining"], true);
+    sidecar.wait_for_status("/ready", 503).await;
+    assert_eq!(load().await["draining"], true);
     drop(drain);
 }

@@ -36,7 +36,7 @@ async fn health_is_503_while_loading_then_200() {
         (health.status, health.json()),
         (503, json!({"status": "starting"}))
     );
-    let record = request(engine.addr, Ask::stream("too early", 3)).await;
+    let record = request(engine.addr, &Ask::stream("too early", 3)).await;
     assert_eq!(
         record.outcome,
         Ok(Outcome::Rejected {
@@ -67,7 +67,7 @@ async fn completions_and_chat_are_verified_token_by_token() {
     ];
     for ask in asks {
         let tokens = ask.max_tokens;
-        let record = request(engine.addr, ask.clone()).await;
+        let record = request(engine.addr, &ask).await;
         assert_eq!(record.outcome, Ok(Outcome::Completed { tokens }), "{ask:?}");
     }
 
@@ -195,7 +195,7 @@ async fn invalid_requests_get_openai_errors() {
         Some(9.0)
     );
     // None of this disturbed the engine.
-    let record = request(addr, Ask::stream("still fine", 3)).await;
+    let record = request(addr, &Ask::stream("still fine", 3)).await;
     assert_eq!(record.outcome, Ok(Outcome::Completed { tokens: 3 }));
     stop(engine).await;
 }

@@ -63,12 +63,12 @@ async fn sigterm_drains_in_flight_streams_and_rejects_new_requests() {
     )
     .await;
     assert_eq!(late.status, 503);
-    assert_eq!(late.retry_after.as_deref(), Some("1"));
+    assert_eq!(late.header(hyper::header::RETRY_AFTER), Some("1"));
     let body = late.json();
     assert_eq!(body["error"]["type"], "service_unavailable", "{body}");
     assert_eq!(body["error"]["code"], "shutting_down", "{body}");
     assert_eq!(
-        request(engine.addr, Ask::chat("late chat", 5, true))
+        request(engine.addr, &Ask::chat("late chat", 5, true))
             .await
             .outcome,
         Ok(Outcome::Rejected {
@@ -194,7 +194,7 @@ async fn a_second_signal_aborts_at_once() {
 #[tokio::test]
 async fn kv_transfers_keep_the_drain_open() {
     let mut engine = ready_engine(&["--kv-transfer-ms", "700", "--shutdown-timeout", "20"]).await;
-    let record = request(engine.addr, Ask::whole("prefill", 3)).await;
+    let record = request(engine.addr, &Ask::whole("prefill", 3)).await;
     assert_eq!(record.outcome, Ok(Outcome::Completed { tokens: 3 }));
     let completed = record.ended;
     assert_eq!(
@@ -218,7 +218,7 @@ async fn kv_transfers_keep_the_drain_open() {
 async fn an_abort_cancels_pending_kv_transfers() {
     let mut engine =
         ready_engine(&["--kv-transfer-ms", "60000", "--shutdown-timeout", "0.2"]).await;
-    let record = request(engine.addr, Ask::whole("prefill", 2)).await;
+    let record = request(engine.addr, &Ask::whole("prefill", 2)).await;
     assert_eq!(record.outcome, Ok(Outcome::Completed { tokens: 2 }));
     let signalled = Instant::now();
     engine.signal(Signal::SIGTERM);

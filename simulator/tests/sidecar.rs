@@ -152,7 +152,7 @@ async fn follows_the_sidecar_drain_then_exits_on_sigterm() {
     // route to it); then it rejects. Every request is one or the other.
     let mut admitted = 0;
     let rejected_at = loop {
-        match request(engine.addr, Ask::whole("during the drain", 1))
+        match request(engine.addr, &Ask::whole("during the drain", 1))
             .await
             .outcome
         {
@@ -179,7 +179,7 @@ async fn follows_the_sidecar_drain_then_exits_on_sigterm() {
     // Stopped, but the kubelet has not sent SIGTERM yet: the engine waits.
     assert!(engine.is_running(), "the engine exited before its SIGTERM");
     assert_eq!(
-        request(engine.addr, Ask::stream("after the drain", 2))
+        request(engine.addr, &Ask::stream("after the drain", 2))
             .await
             .outcome,
         Ok(Outcome::Rejected {

@@ -110,7 +110,7 @@ async fn workers_ignore_sigterm_and_sigint() {
         kill(Pid::from_raw(pid), Signal::SIGINT).unwrap();
     }
     // Both workers still compute tokens (round robin uses each).
-    let record = request(engine.addr, Ask::stream("still here", 10)).await;
+    let record = request(engine.addr, &Ask::stream("still here", 10)).await;
     assert_eq!(record.outcome, Ok(Outcome::Completed { tokens: 10 }));
     for &pid in &pids {
         let worker = proc_stat(pid).expect("the worker survived the signals");

@@ -21,11 +21,12 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use quiesce_e2e::pair::{PROMPT, get_json, status_json};
+use quiesce_e2e::pair::{PROMPT, status_json};
 use quiesce_e2e::stock_pod::{
     Flavor, SGLANG, SGLANG_WITHOUT_METRICS, StockPod, TRTLLM, TRTLLM_WITHOUT_PERF_METRICS, VLLM,
     VLLM_WITHOUT_LOG_STATS,
 };
+use quiesce_testkit::http;
 
 #[derive(Parser)]
 #[command(about = "Measures the stock-engine adapters' drain delay and polling cost")]
@@ -135,7 +136,10 @@ async fn polling_cost(flavor: Flavor, seconds: u64) -> anyhow::Result<(f64, f64)
 
 /// What the sidecar asked of the engine so far.
 async fn polls(pod: &StockPod) -> u64 {
-    let stats = get_json(pod.engine_http, "/sim/stats").await;
+    let stats = http::get(pod.engine_http, "/sim/stats")
+        .await
+        .expect("GET")
+        .json();
     let requests = stats["requests"].as_object().cloned().unwrap_or_default();
     requests
         .iter()

@@ -19,7 +19,8 @@ use quiesce_e2e::load::{LengthMix, LoadConfig};
 use quiesce_e2e::pod::{PodEvent, project_images};
 use quiesce_e2e::report::{self, Report};
 use quiesce_e2e::strategy::{DEFAULT_LENGTHS, FixedSleepRecipe, Scenario, Strategy, seconds};
-use quiesce_e2e::{bins, scale_in, timeline};
+use quiesce_e2e::{scale_in, timeline};
+use quiesce_testkit::bins;
 
 /// Rolling restart of an inference deployment under streaming load, with
 /// three shutdown strategies (stock, fixed-sleep, quiesce), run locally

@@ -50,8 +50,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::plan::{ContainerPlan, Images, PlanError, PortMap, plan_pod, pod_ports};
 use self::probe::{ContainerView, ProbeKind, ProbeUpdate};
-use crate::bins;
-use crate::process::Process;
+use quiesce_testkit::bins;
+use quiesce_testkit::process::Process;
 
 /// The simulated engine's image, as an InferenceDeployment names it.
 pub const ENGINE_IMAGE: &str = concat!(

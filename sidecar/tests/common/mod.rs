@@ -2,162 +2,53 @@
 //! engine speaking the protocol over the real socket, and the real drain
 //! client as another child process.
 
-#![allow(dead_code)]
-
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use quiesce_protocol::{
     ClientMessage, EngineStatus, FrameReader, Hello, Phase, Role, ServerMessage, write_frame,
 };
+pub use quiesce_testkit::PROMPT;
+use quiesce_testkit::http;
+use quiesce_testkit::process::Process;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_quiesce-sidecar");
-
-/// Generous bound for anything that should take well under a second: CI is a
-/// loaded 2-core machine.
-pub const PROMPT: Duration = Duration::from_secs(10);
-
-/// A child process whose stderr is collected line by line.
-pub struct Process {
-    pub child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    /// Set once stderr reached its end: every line is in `lines`.
-    stderr_closed: Arc<AtomicBool>,
-}
-
-impl Process {
-    pub fn spawn(command: &mut Command) -> Self {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        let stderr_closed = Arc::new(AtomicBool::new(false));
-        let closed = Arc::clone(&stderr_closed);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-            closed.store(true, Ordering::Release);
-        });
-        Self {
-            child,
-            lines,
-            stderr_closed,
-        }
-    }
-
-    pub fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    pub fn signal(&self, signal: Signal) {
-        kill(self.pid(), signal).expect("kill");
-    }
-
-    pub fn logs(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// Waits for a log line containing `needle`, returning it.
-    pub fn wait_for_line(&self, needle: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(line) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return line.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needle:?} within {within:?}; logs:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Waits for the process to exit, at most `within`.
-    pub fn wait(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Every line written before exit is read once stderr ends.
-                let drained = Instant::now() + Duration::from_secs(2);
-                while !self.stderr_closed.load(Ordering::Acquire) && Instant::now() < drained {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "process did not exit within {within:?}; logs:\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// A running `quiesce-sidecar serve`.
 pub struct Sidecar {
     pub process: Process,
     pub socket: PathBuf,
     pub http: SocketAddr,
-    pub dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Sidecar {
     /// Starts a sidecar with a 100 ms heartbeat (liveness window 0.5 s).
-    pub fn start(extra: &[&str]) -> Self {
+    pub async fn start(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("quiesce.sock");
-        Self::start_at(dir, socket, extra)
+        Self::start_at(dir, socket, extra).await
     }
 
-    pub fn start_at(dir: tempfile::TempDir, socket: PathBuf, extra: &[&str]) -> Self {
-        let process = Process::spawn(
+    pub async fn start_at(dir: tempfile::TempDir, socket: PathBuf, extra: &[&str]) -> Self {
+        let mut process = Process::spawn(
+            "sidecar",
             Command::new(BIN)
-                .args([
-                    "serve",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--heartbeat-interval-ms",
-                    "100",
-                ])
+                .args(["serve", "--listen", "127.0.0.1:0"])
+                .args(["--heartbeat-interval-ms", "100"])
                 .arg("--socket")
                 .arg(&socket)
                 .args(extra),
-        );
-        let line = process.wait_for_line("sidecar serving", PROMPT);
+        )
+        .expect("spawn the sidecar");
+        let line = process
+            .wait_for_line("sidecar serving", PROMPT)
+            .await
+            .unwrap();
         let http = line
             .split_whitespace()
             .find_map(|word| word.strip_prefix("listen="))
@@ -168,40 +59,29 @@ impl Sidecar {
             process,
             socket,
             http,
-            dir,
+            _dir: dir,
         }
     }
 
     /// `GET path`: the status code and body.
-    pub fn get(&self, path: &str) -> (u16, String) {
-        http_request(
-            self.http,
-            &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
-        )
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let reply = http::get(self.http, path)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        (reply.status, reply.text())
     }
 
     /// Polls `path` until it answers `status`.
-    pub fn wait_for_status(&self, path: &str, status: u16, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let (got, body) = self.get(path);
-            if got == status {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{path} answered {got} {body:?}, wanted {status}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    pub async fn wait_for_status(&self, path: &str, status: u16) {
+        http::wait_for_status(self.http, path, status, || self.process.logs()).await;
     }
 
     /// Polls a metric until `accept` holds (the observer updates counters
     /// at most one heartbeat after a change).
-    pub fn wait_for_metric(&self, sample: &str, accept: impl Fn(f64) -> bool) -> f64 {
+    pub async fn wait_for_metric(&self, sample: &str, accept: impl Fn(f64) -> bool) -> f64 {
         let deadline = Instant::now() + PROMPT;
         loop {
-            let value = self.metric(sample);
+            let value = self.metric(sample).await;
             if accept(value) {
                 return value;
             }
@@ -210,42 +90,27 @@ impl Sidecar {
                 "{sample} stayed at {value}; logs:\n{}",
                 self.process.logs()
             );
-            std::thread::sleep(Duration::from_millis(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
     /// The value of one sample of `/metrics`, such as
     /// `quiesce_drains_total{result="drained"}`.
-    pub fn metric(&self, sample: &str) -> f64 {
-        let (_, body) = self.get("/metrics");
-        body.lines()
-            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no sample {sample} in:\n{body}"))
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        http::sample(&body, sample).unwrap_or_else(|| panic!("no sample {sample} in:\n{body}"))
     }
-}
 
-/// Sends a raw HTTP/1.1 request and reads the whole response.
-pub fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the sidecar's HTTP port");
-    stream.set_read_timeout(Some(PROMPT)).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    /// Sends a raw HTTP/1.1 request: the status code of the answer.
+    pub async fn raw_status(&self, request: &str) -> u16 {
+        http::raw_status(&http::raw_exchange(self.http, request.as_bytes()).await)
+    }
 }
 
 /// The drain client as the kubelet runs it.
 pub fn drain_client(socket: &Path, propagation: f64, timeout: f64, grace: f64) -> Process {
     Process::spawn(
+        "drain client",
         Command::new(BIN)
             .arg("drain")
             .arg("--socket")
@@ -254,6 +119,7 @@ pub fn drain_client(socket: &Path, propagation: f64, timeout: f64, grace: f64) -
             .args(["--timeout-seconds", &timeout.to_string()])
             .args(["--abort-grace-seconds", &grace.to_string()]),
     )
+    .expect("spawn the drain client")
 }
 
 /// A scripted engine: the test decides every frame it sends.

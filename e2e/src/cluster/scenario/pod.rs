@@ -15,7 +15,7 @@ use quiesce_protocol::contract::{
 use serde_json::Value;
 
 use super::workload::{SETTLE, drained, gone};
-use crate::client::{Classified, Completion, complete};
+use crate::client::{Ask, Classified, complete};
 use crate::cluster::manifests::{self, ENGINE_USER};
 use crate::cluster::pods::{PodWatch, is_ready};
 use crate::cluster::report::{Figures, seconds};
@@ -157,11 +157,7 @@ pub async fn pod(suite: &Suite) -> anyhow::Result<Figures> {
     let address = suite.service_address(NAMESPACE, NAME).await?;
     // 6 s at 20 ms a token: it outlasts the propagation delay.
     let tokens = 300;
-    let completion = Completion {
-        prompt: "a request in flight when its pod is deleted".to_owned(),
-        max_tokens: tokens,
-        stream: true,
-    };
+    let completion = Ask::stream("a request in flight when its pod is deleted", tokens);
     let request = tokio::spawn(async move { complete(address, &completion).await });
     in_flight(suite, NAMESPACE, &record.name).await?;
     pods.delete(&record.name, &DeleteParams::default()).await?;

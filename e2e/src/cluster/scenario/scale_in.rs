@@ -18,7 +18,7 @@ use quiesce_protocol::contract::{DEFAULT_SIDECAR_PORT, SIDECAR_CONTAINER_NAME};
 use tokio::task::JoinHandle;
 
 use super::workload::{SETTLE, drained, gone, leader_metrics, nothing_lost, outcomes, sample};
-use crate::client::{Classified, Completion, Finished, complete};
+use crate::client::{Ask, Classified, Finished, complete};
 use crate::cluster::manifests::{self, ENGINE_PORT};
 use crate::cluster::pods::{PodRecord, PodWatch, is_ready};
 use crate::cluster::report::{Figures, seconds};
@@ -204,11 +204,7 @@ async fn scale_in_once(suite: &Suite, policy: ScaleInPolicy) -> anyhow::Result<R
         .flat_map(|(name, ip)| {
             let addr = SocketAddr::new(*ip, ENGINE_PORT);
             (0..STREAMS).map(move |i| {
-                let completion = Completion {
-                    prompt: format!("scale-in {i}"),
-                    max_tokens: STREAM_TOKENS,
-                    stream: true,
-                };
+                let completion = Ask::stream(&format!("scale-in {i}"), STREAM_TOKENS);
                 (
                     name.clone(),
                     tokio::spawn(async move { complete(addr, &completion).await }),

@@ -358,9 +358,7 @@ pub async fn reconciles(suite: &Suite, result: &str) -> anyhow::Result<u64> {
 
 /// The value of `series` in the OpenMetrics text `metrics`.
 pub fn sample(metrics: &str, series: &str) -> anyhow::Result<f64> {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    quiesce_testkit::http::sample(metrics, series)
         .with_context(|| format!("no {series} in the operator's metrics"))
 }
 

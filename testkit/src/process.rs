@@ -2,23 +2,25 @@
 //! group, signalled, waited for with a bound, and checked in the process
 //! table for anything they left behind.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
-/// A running child process whose stderr is collected line by line.
+/// A running child process whose output (stdout and stderr, interleaved as
+/// they arrive) is collected line by line.
 pub struct Process {
     child: Child,
     name: String,
     lines: Arc<Mutex<Vec<String>>>,
-    /// Set once stderr reached its end: every line is in `lines`.
-    stderr_closed: Arc<AtomicBool>,
+    /// How many of its two pipes reached their end: at 2, every line is in
+    /// `lines`.
+    pipes_closed: Arc<AtomicUsize>,
     /// Start time in clock ticks since boot: processes started earlier cannot
     /// be its descendants, even if a recycled pid puts them in its group.
     start_ticks: u64,
@@ -30,27 +32,22 @@ impl Process {
     pub fn spawn(name: impl Into<String>, command: &mut Command) -> std::io::Result<Self> {
         let mut child = command
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .spawn()?;
-        let stderr = child.stderr.take().expect("stderr is piped");
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        let stderr_closed = Arc::new(AtomicBool::new(false));
-        let closed = Arc::clone(&stderr_closed);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("log lock").push(line);
-            }
-            closed.store(true, Ordering::Release);
-        });
+        let pipes_closed = Arc::new(AtomicUsize::new(0));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        collect_lines(stdout, &lines, &pipes_closed);
+        collect_lines(stderr, &lines, &pipes_closed);
         let start_ticks = proc_stat(child.id() as i32).map_or(0, |p| p.start_ticks);
         Ok(Self {
             child,
             name: name.into(),
             lines,
-            stderr_closed,
+            pipes_closed,
             start_ticks,
             exit: None,
         })
@@ -83,18 +80,23 @@ impl Process {
         }
     }
 
-    /// Its stderr so far.
+    /// Its output so far.
     pub fn logs(&self) -> String {
-        self.lines.lock().expect("log lock").join("\n")
+        self.lines().join("\n")
     }
 
-    /// The first stderr line containing `needle`, if any yet.
+    /// Its output lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("log lock").clone()
+    }
+
+    /// The first output line containing `needle`, if any yet.
     pub fn find_line(&self, needle: &str) -> Option<String> {
         let lines = self.lines.lock().expect("log lock");
         lines.iter().find(|line| line.contains(needle)).cloned()
     }
 
-    /// Waits until a stderr line contains `needle`.
+    /// Waits until an output line contains `needle`.
     pub async fn wait_for_line(
         &mut self,
         needle: &str,
@@ -123,23 +125,23 @@ impl Process {
         }
     }
 
-    /// Its exit status, if it has exited. Once it has, its last stderr
+    /// Its exit status, if it has exited. Once it has, its last output
     /// lines are in [`Process::logs`] too.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
         if self.exit.is_none() {
             self.exit = self.child.try_wait().ok().flatten();
             if self.exit.is_some() {
-                self.wait_for_stderr_end();
+                self.wait_for_output_end();
             }
         }
         self.exit
     }
 
-    /// Waits, briefly, for the stderr reader to reach the end of the pipe. A
-    /// child the process left behind may hold the pipe open: then give up.
-    fn wait_for_stderr_end(&self) {
+    /// Waits, briefly, for the readers to reach the end of the pipes. A
+    /// child the process left behind may hold them open: then give up.
+    fn wait_for_output_end(&self) {
         let deadline = Instant::now() + Duration::from_secs(2);
-        while !self.stderr_closed.load(Ordering::Acquire) && Instant::now() < deadline {
+        while self.pipes_closed.load(Ordering::Acquire) < 2 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -155,6 +157,28 @@ impl Process {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// The pids of its live children, from the process table.
+    pub fn children(&self) -> Vec<i32> {
+        processes()
+            .into_iter()
+            .filter(|p| p.ppid == self.pid() && p.start_ticks >= self.start_ticks)
+            .map(|p| p.pid)
+            .collect()
+    }
+
+    /// Waits for it to exit; after `within`, a hang, panics with its logs
+    /// (and, dropped, the process is killed with its group).
+    pub async fn expect_exit(&mut self, within: Duration) -> ExitStatus {
+        match self.wait(within).await {
+            Some(status) => status,
+            None => panic!(
+                "{} did not exit within {within:?}:\n{}",
+                self.name,
+                self.logs()
+            ),
         }
     }
 
@@ -177,6 +201,22 @@ impl Drop for Process {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Appends every line of `pipe` to `lines` on a thread of its own, and
+/// counts the pipe in `closed` at its end.
+fn collect_lines(
+    pipe: impl Read + Send + 'static,
+    lines: &Arc<Mutex<Vec<String>>>,
+    closed: &Arc<AtomicUsize>,
+) {
+    let (lines, closed) = (Arc::clone(lines), Arc::clone(closed));
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            lines.lock().expect("log lock").push(line);
+        }
+        closed.fetch_add(1, Ordering::Release);
+    });
 }
 
 /// One line of `/proc/<pid>/stat`.
