@@ -7,6 +7,7 @@ pub mod controller;
 pub mod crd;
 pub mod leader;
 pub mod metrics;
+pub mod reason;
 pub mod render;
 pub mod rules;
 mod schema;

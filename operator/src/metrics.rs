@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 
 use crate::api::ScaleInPolicy;
 use crate::controller::scale_in::Outcome;
+use crate::reason::Reason;
 
 /// How a reconcile ended.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -45,58 +46,6 @@ impl ReconcileResult {
     ];
 }
 
-/// Why a reconcile failed: bounded, one value per kind of cause.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum FailureReason {
-    /// The spec breaks a rule of the API (only a resource that bypassed the
-    /// API server's validation can).
-    invalid_spec,
-    /// The spec is valid, but what quiesce injects cannot coexist with it.
-    unrenderable,
-    /// An object with the resource's name belongs to another controller.
-    not_owned,
-    /// The API server answered 409 Conflict.
-    api_conflict,
-    /// The API server refused the request as unauthorised (401, 403).
-    api_forbidden,
-    /// The API server or an admission webhook rejected the request
-    /// (another 4xx, such as 400, 404 or 422).
-    api_rejected,
-    /// The API server failed or throttled (5xx, 429).
-    api_server_error,
-    /// No answer from the API server (connection, TLS, timeout, bad body).
-    api_unreachable,
-}
-
-impl FailureReason {
-    /// Every value, so that each series exists from the start.
-    pub const ALL: [Self; 8] = [
-        Self::invalid_spec,
-        Self::unrenderable,
-        Self::not_owned,
-        Self::api_conflict,
-        Self::api_forbidden,
-        Self::api_rejected,
-        Self::api_server_error,
-        Self::api_unreachable,
-    ];
-
-    /// The reason of a failed API call.
-    pub fn of_api_error(error: &kube::Error) -> Self {
-        match error {
-            kube::Error::Api(status) => match status.code {
-                409 => Self::api_conflict,
-                401 | 403 => Self::api_forbidden,
-                429 => Self::api_server_error,
-                400..=499 => Self::api_rejected,
-                _ => Self::api_server_error,
-            },
-            _ => Self::api_unreachable,
-        }
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: ReconcileResult,
@@ -104,7 +53,8 @@ struct ResultLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
-    reason: FailureReason,
+    /// A [`Reason::FAILURES`] value.
+    reason: &'static str,
 }
 
 /// A reconcile reads three objects and writes up to four, each a round trip
@@ -200,7 +150,8 @@ impl Metrics {
         for result in ReconcileResult::ALL {
             let _ = metrics.reconciles.get_or_create(&ResultLabels { result });
         }
-        for reason in FailureReason::ALL {
+        for reason in Reason::FAILURES {
+            let reason = reason.as_str();
             let _ = metrics.failures.get_or_create(&ReasonLabels { reason });
         }
         for policy in [ScaleInPolicy::IdleFirst, ScaleInPolicy::Default] {
@@ -234,7 +185,8 @@ impl Metrics {
     }
 
     /// Counts a failure (or a rejected resource) by reason.
-    pub fn failed(&self, reason: FailureReason) {
+    pub fn failed(&self, reason: Reason) {
+        let reason = reason.as_str();
         self.failures.get_or_create(&ReasonLabels { reason }).inc();
     }
 
@@ -279,7 +231,8 @@ impl Metrics {
     }
 
     /// How many failures had `reason`.
-    pub fn failures(&self, reason: FailureReason) -> u64 {
+    pub fn failures(&self, reason: Reason) -> u64 {
+        let reason = reason.as_str();
         self.failures.get_or_create(&ReasonLabels { reason }).get()
     }
 
@@ -313,56 +266,11 @@ pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
 mod tests {
     use super::*;
 
-    fn error(code: u16) -> kube::Error {
-        kube::Error::Api(
-            kube::core::Status::failure("nope", "Test")
-                .with_code(code)
-                .boxed(),
-        )
-    }
-
-    #[test]
-    fn api_errors_map_to_bounded_reasons() {
-        assert_eq!(
-            FailureReason::of_api_error(&error(409)),
-            FailureReason::api_conflict
-        );
-        assert_eq!(
-            FailureReason::of_api_error(&error(403)),
-            FailureReason::api_forbidden
-        );
-        assert_eq!(
-            FailureReason::of_api_error(&error(422)),
-            FailureReason::api_rejected
-        );
-        assert_eq!(
-            FailureReason::of_api_error(&error(404)),
-            FailureReason::api_rejected
-        );
-        assert_eq!(
-            FailureReason::of_api_error(&error(429)),
-            FailureReason::api_server_error
-        );
-        assert_eq!(
-            FailureReason::of_api_error(&error(500)),
-            FailureReason::api_server_error
-        );
-        assert_eq!(
-            FailureReason::of_api_error(&error(503)),
-            FailureReason::api_server_error
-        );
-        let transport = kube::Error::LinesCodecMaxLineLengthExceeded;
-        assert_eq!(
-            FailureReason::of_api_error(&transport),
-            FailureReason::api_unreachable
-        );
-    }
-
     #[test]
     fn every_series_exists_before_the_first_reconcile() {
         let (registry, metrics) = Metrics::new_registry();
         metrics.reconciled(ReconcileResult::applied);
-        metrics.failed(FailureReason::api_conflict);
+        metrics.failed(Reason::ApiConflict);
         drop(metrics.start_reconcile());
         let text = encode(&registry).unwrap();
         assert!(
@@ -372,9 +280,9 @@ mod tests {
         assert!(text.contains("quiesce_operator_reconciles_total{result=\"applied\"} 1"));
         assert!(text.contains("quiesce_operator_reconciles_total{result=\"unchanged\"} 0"));
         assert!(
-            text.contains("quiesce_operator_reconcile_failures_total{reason=\"api_conflict\"} 1")
+            text.contains("quiesce_operator_reconcile_failures_total{reason=\"ApiConflict\"} 1")
         );
-        assert!(text.contains("quiesce_operator_reconcile_failures_total{reason=\"not_owned\"} 0"));
+        assert!(text.contains("quiesce_operator_reconcile_failures_total{reason=\"NotOwned\"} 0"));
         assert!(text.contains("quiesce_operator_reconcile_duration_seconds_count 1"));
         assert!(text.lines().any(|line| line == "quiesce_operator_leader 0"));
         let version = env!("CARGO_PKG_VERSION");

@@ -1,6 +1,6 @@
 //! Why a reconcile failed, with what to do about it.
 
-use crate::metrics::FailureReason;
+use crate::reason::Reason;
 
 use super::plan::NotOwned;
 
@@ -65,16 +65,30 @@ pub enum Error {
 }
 
 impl Error {
-    /// The bounded metric label of this failure.
-    pub fn reason(&self) -> FailureReason {
+    /// Why it failed, one of [`Reason::FAILURES`].
+    pub fn reason(&self) -> Reason {
         match self {
             Self::Read { source, .. }
             | Self::Apply { source, .. }
             | Self::Delete { source, .. }
-            | Self::Status { source, .. } => FailureReason::of_api_error(source),
-            Self::NotOwned(_) => FailureReason::not_owned,
-            Self::Incomplete(_) => FailureReason::invalid_spec,
+            | Self::Status { source, .. } => api_failure(source),
+            Self::NotOwned(_) => Reason::NotOwned,
+            Self::Incomplete(_) => Reason::InvalidSpec,
         }
+    }
+}
+
+/// The reason of a failed API call, by its status code.
+pub fn api_failure(error: &kube::Error) -> Reason {
+    match error {
+        kube::Error::Api(status) => match status.code {
+            409 => Reason::ApiConflict,
+            401 | 403 => Reason::ApiForbidden,
+            429 => Reason::ApiServerError,
+            400..=499 => Reason::ApiRejected,
+            _ => Reason::ApiServerError,
+        },
+        _ => Reason::ApiUnreachable,
     }
 }
 
@@ -126,7 +140,7 @@ mod tests {
              forbidden (grant the operator's ServiceAccount the RBAC rules listed in \
              docs/operator.md)"
         );
-        assert_eq!(error.reason(), FailureReason::api_forbidden);
+        assert_eq!(error.reason(), Reason::ApiForbidden);
 
         let error = Error::Status {
             namespace: "ml".to_owned(),
@@ -138,6 +152,21 @@ mod tests {
             "cannot write the status of InferenceDeployment ml/demo: 500 InternalError: \
              etcdserver: request timed out (the API server is overloaded or failing; retrying)"
         );
-        assert_eq!(error.reason(), FailureReason::api_server_error);
+        assert_eq!(error.reason(), Reason::ApiServerError);
+    }
+
+    #[test]
+    fn api_errors_map_to_bounded_reasons() {
+        let reason = |code| api_failure(&api_error(code, "Test", "nope"));
+        assert_eq!(reason(409), Reason::ApiConflict);
+        assert_eq!(reason(403), Reason::ApiForbidden);
+        assert_eq!(reason(401), Reason::ApiForbidden);
+        assert_eq!(reason(422), Reason::ApiRejected);
+        assert_eq!(reason(404), Reason::ApiRejected);
+        assert_eq!(reason(429), Reason::ApiServerError);
+        assert_eq!(reason(500), Reason::ApiServerError);
+        assert_eq!(reason(503), Reason::ApiServerError);
+        let transport = kube::Error::LinesCodecMaxLineLengthExceeded;
+        assert_eq!(api_failure(&transport), Reason::ApiUnreachable);
     }
 }

@@ -11,7 +11,8 @@ use kube::runtime::events::{Event, EventType};
 
 use super::plan::DrainChange;
 use super::scale_in::{Outcome, PodLoad, list};
-use super::status::{RECONCILED, truncate};
+use super::status::truncate;
+use crate::reason::Reason;
 use crate::api::ScaleInPolicy;
 
 /// Normal event: the pods' drain settings (and so their grace period)
@@ -58,7 +59,7 @@ pub fn drain_settings_changed(change: &DrainChange) -> Event {
 /// `new`; `None` when it did not change or the resource is fine.
 pub fn degraded_changed(old: Option<&Condition>, new: Option<&Condition>) -> Option<Event> {
     let new = new?;
-    if new.reason == RECONCILED {
+    if new.reason == Reason::Reconciled {
         return None;
     }
     if old.is_some_and(|old| old.reason == new.reason && old.message == new.message) {

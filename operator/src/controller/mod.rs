@@ -58,7 +58,8 @@ pub use self::error::{Error, describe};
 use self::plan::{Existing, Plan, Step};
 use self::status::{DEGRADED, Observed, Problem, desired_status, find_condition};
 use crate::api::{InferenceDeployment, InferenceDeploymentStatus, ScaleInPolicy};
-use crate::metrics::{FailureReason, Metrics, ReconcileResult};
+use crate::metrics::{Metrics, ReconcileResult};
+use crate::reason::Reason;
 use crate::render::labels::{MANAGED_BY, MANAGED_BY_LABEL, SELECTOR_LABEL};
 use crate::render::{self, Conflict, RenderConfig};
 
@@ -141,7 +142,7 @@ enum Outcome {
     /// Everything was in place.
     Unchanged,
     /// The spec cannot be applied; the status says why.
-    Rejected(FailureReason),
+    Rejected(Reason),
     /// The resource is being deleted.
     Deleting,
 }
@@ -348,8 +349,8 @@ async fn reconcile_resource(
             };
             report.write(ctx, &objects).await?;
             let reason = match error {
-                render::RenderError::Invalid(_) => FailureReason::invalid_spec,
-                render::RenderError::Unrenderable(_) => FailureReason::unrenderable,
+                render::RenderError::Invalid(_) => Reason::InvalidSpec,
+                render::RenderError::Unrenderable(_) => Reason::Unrenderable,
             };
             return Ok(Outcome::Rejected(reason));
         }

@@ -18,7 +18,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{AUTOSCALER_GRACE_PERIOD_SECONDS, InferenceDeployment, InferenceDeploymentStatus};
 use crate::render::labels::selector_string;
-use crate::render::{Conflict, INVALID_SPEC_REASON, RenderError, UNRENDERABLE_REASON};
+use crate::reason::Reason;
+use crate::render::{Conflict, RenderError};
 
 /// Condition type: the pods run the current template and are available.
 pub const READY: &str = "Ready";
@@ -27,64 +28,6 @@ pub const PROGRESSING: &str = "Progressing";
 /// Condition type: quiesce could not realise the spec, or the pods run with
 /// caveats (see the reasons).
 pub const DEGRADED: &str = "Degraded";
-
-/// Ready=True: every replica runs the current template and is available.
-pub const ALL_REPLICAS_READY: &str = "AllReplicasReady";
-/// Ready=True: `spec.replicas` is 0 and no pod is left.
-pub const SCALED_TO_ZERO: &str = "ScaledToZero";
-/// Ready=False, Progressing=True: pods of an older template remain, or the
-/// Deployment controller has not yet seen the latest change.
-pub const ROLLING_OUT: &str = "RollingOut";
-/// Ready=False, Progressing=True: pods are being added or removed.
-pub const SCALING: &str = "Scaling";
-/// Ready=False: the rollout is done but some replicas are not available
-/// (loading a model, crash-looping, unschedulable).
-pub const REPLICAS_UNAVAILABLE: &str = "ReplicasUnavailable";
-/// Ready=False, Progressing=False: there is no Deployment (yet).
-pub const DEPLOYMENT_NOT_FOUND: &str = "DeploymentNotFound";
-/// Progressing=False: the Deployment runs the current template everywhere.
-pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
-/// Progressing=False and Degraded=True: the Deployment made no progress
-/// within its `progressDeadlineSeconds`.
-pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
-
-/// Degraded=True: the spec breaks a rule; nothing was applied.
-pub const INVALID_SPEC: &str = INVALID_SPEC_REASON;
-/// Degraded=True: the spec clashes with what quiesce injects; nothing was
-/// applied.
-pub const UNRENDERABLE: &str = UNRENDERABLE_REASON;
-/// Degraded=True: an object with the resource's name belongs to another
-/// controller; quiesce does not take it over.
-pub const NOT_OWNED: &str = "NotOwned";
-/// Degraded=True: the API server (or an admission webhook) refused or
-/// failed a write; retried with a backoff.
-pub const APPLY_FAILED: &str = "ApplyFailed";
-/// Degraded=True: the Deployment cannot create pods (quota, Pod Security
-/// admission, ...), from its `ReplicaFailure` condition.
-pub const REPLICA_FAILURE: &str = "ReplicaFailure";
-/// Degraded=False (a warning): user fields were kept where quiesce would
-/// have injected its own, or engine flags keep the sidecar from seeing the
-/// engine's work; the message lists them.
-pub const CONFLICTS: &str = "Conflicts";
-/// Degraded=False (a warning): the grace period exceeds cluster-autoscaler's
-/// default `--max-graceful-termination-sec` (600 s), so its scale-downs cut
-/// drains short.
-pub const GRACE_PERIOD_EXCEEDS_AUTOSCALER_LIMIT: &str = "GracePeriodExceedsAutoscalerLimit";
-/// Degraded=False: the objects match the spec.
-pub const RECONCILED: &str = "Reconciled";
-
-/// Every reason a Degraded condition can carry, in priority order.
-pub const DEGRADED_REASONS: [&str; 9] = [
-    INVALID_SPEC,
-    UNRENDERABLE,
-    NOT_OWNED,
-    APPLY_FAILED,
-    PROGRESS_DEADLINE_EXCEEDED,
-    REPLICA_FAILURE,
-    CONFLICTS,
-    GRACE_PERIOD_EXCEEDS_AUTOSCALER_LIMIT,
-    RECONCILED,
-];
 
 /// Condition messages stay readable in `kubectl describe`; the API allows
 /// 32768 bytes.
@@ -95,8 +38,8 @@ pub const MAX_MESSAGE_LEN: usize = 4096;
 pub enum Problem {
     /// The spec is invalid or unrenderable; nothing was applied.
     Rejected {
-        /// [`INVALID_SPEC`] or [`UNRENDERABLE`].
-        reason: &'static str,
+        /// [`Reason::InvalidSpec`] or [`Reason::Unrenderable`].
+        reason: Reason,
         /// What to fix.
         message: String,
     },
@@ -159,7 +102,7 @@ pub fn desired_status(observed: Observed<'_>, now: &Time) -> InferenceDeployment
         .map(|deployment| Rollout::of(deployment, observed.draining_pods));
     let grace_period = observed.deployment.and_then(grace_period_of);
     let previous_conditions = previous.map_or(&[][..], |status| &status.conditions[..]);
-    let condition = |(type_, status, reason, message): (&str, bool, &str, String)| {
+    let condition = |(type_, status, reason, message): ConditionParts| {
         let message = truncate(message, MAX_MESSAGE_LEN);
         let last_transition_time = previous_conditions
             .iter()
@@ -168,7 +111,7 @@ pub fn desired_status(observed: Observed<'_>, now: &Time) -> InferenceDeployment
         Condition {
             type_: type_.to_owned(),
             status: condition_status(status).to_owned(),
-            reason: reason.to_owned(),
+            reason: reason.to_string(),
             message,
             observed_generation: generation,
             last_transition_time,
@@ -211,7 +154,7 @@ fn condition_status(status: bool) -> &'static str {
     if status { "True" } else { "False" }
 }
 
-type ConditionParts<'a> = (&'static str, bool, &'a str, String);
+type ConditionParts = (&'static str, bool, Reason, String);
 
 /// The Deployment's counts and conditions, read once.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -255,23 +198,23 @@ impl Rollout {
                 (Some(_), None) => false,
             },
             deadline_exceeded: condition("Progressing", "False")
-                .filter(|c| c.reason.as_deref() == Some(PROGRESS_DEADLINE_EXCEEDED))
+                .filter(|c| c.reason.as_deref() == Some(Reason::ProgressDeadlineExceeded.as_str()))
                 .map(message),
             replica_failure: condition("ReplicaFailure", "True").map(message),
         }
     }
 
     /// What the Deployment is doing, if anything: a reason and a message.
-    fn activity(&self) -> Option<(&'static str, String)> {
+    fn activity(&self) -> Option<(Reason, String)> {
         let draining = self.draining();
         if !self.observed {
             Some((
-                ROLLING_OUT,
+                Reason::RollingOut,
                 "the Deployment controller has not yet picked up the latest change".to_owned(),
             ))
         } else if self.replicas > self.updated {
             Some((
-                ROLLING_OUT,
+                Reason::RollingOut,
                 format!(
                     "{} of {} replicas run the current template, {} old ones remain{draining}",
                     self.updated,
@@ -281,7 +224,7 @@ impl Rollout {
             ))
         } else if self.updated < self.desired || self.replicas > self.desired {
             Some((
-                SCALING,
+                Reason::Scaling,
                 format!(
                     "scaling to {} replicas: {} exist{draining}",
                     self.desired, self.replicas
@@ -301,9 +244,9 @@ impl Rollout {
     }
 }
 
-fn ready(rollout: Option<&Rollout>) -> ConditionParts<'static> {
+fn ready(rollout: Option<&Rollout>) -> ConditionParts {
     let Some(rollout) = rollout else {
-        return (READY, false, DEPLOYMENT_NOT_FOUND, no_deployment());
+        return (READY, false, Reason::DeploymentNotFound, no_deployment());
     };
     if let Some((reason, message)) = rollout.activity() {
         return (READY, false, reason, message);
@@ -313,7 +256,7 @@ fn ready(rollout: Option<&Rollout>) -> ConditionParts<'static> {
         return (
             READY,
             false,
-            REPLICAS_UNAVAILABLE,
+            Reason::ReplicasUnavailable,
             format!(
                 "{} of {} replicas available, {} ready{draining}",
                 rollout.available, rollout.desired, rollout.ready
@@ -324,14 +267,14 @@ fn ready(rollout: Option<&Rollout>) -> ConditionParts<'static> {
         return (
             READY,
             true,
-            SCALED_TO_ZERO,
+            Reason::ScaledToZero,
             format!("spec.replicas is 0{draining}"),
         );
     }
     (
         READY,
         true,
-        ALL_REPLICAS_READY,
+        Reason::AllReplicasReady,
         format!(
             "{} of {} replicas available and up to date{draining}",
             rollout.available, rollout.desired
@@ -339,15 +282,15 @@ fn ready(rollout: Option<&Rollout>) -> ConditionParts<'static> {
     )
 }
 
-fn progressing(rollout: Option<&Rollout>) -> ConditionParts<'static> {
+fn progressing(rollout: Option<&Rollout>) -> ConditionParts {
     let Some(rollout) = rollout else {
-        return (PROGRESSING, false, DEPLOYMENT_NOT_FOUND, no_deployment());
+        return (PROGRESSING, false, Reason::DeploymentNotFound, no_deployment());
     };
     if let Some(message) = &rollout.deadline_exceeded {
         return (
             PROGRESSING,
             false,
-            PROGRESS_DEADLINE_EXCEEDED,
+            Reason::ProgressDeadlineExceeded,
             message.clone(),
         );
     }
@@ -356,7 +299,7 @@ fn progressing(rollout: Option<&Rollout>) -> ConditionParts<'static> {
         None => (
             PROGRESSING,
             false,
-            ROLLOUT_COMPLETE,
+            Reason::RolloutComplete,
             format!(
                 "all {} replicas run the current template{}",
                 rollout.desired,
@@ -375,14 +318,14 @@ fn degraded(
     rollout: Option<&Rollout>,
     conflicts: &[Conflict],
     grace_period: Option<i64>,
-) -> ConditionParts<'static> {
+) -> ConditionParts {
     match problem {
         Some(Problem::Rejected { reason, message }) => {
-            return (DEGRADED, true, reason, message.clone());
+            return (DEGRADED, true, *reason, message.clone());
         }
-        Some(Problem::NotOwned(message)) => return (DEGRADED, true, NOT_OWNED, message.clone()),
+        Some(Problem::NotOwned(message)) => return (DEGRADED, true, Reason::NotOwned, message.clone()),
         Some(Problem::ApplyFailed(message)) => {
-            return (DEGRADED, true, APPLY_FAILED, message.clone());
+            return (DEGRADED, true, Reason::ApplyFailed, message.clone());
         }
         None => {}
     }
@@ -390,7 +333,7 @@ fn degraded(
         return (
             DEGRADED,
             true,
-            PROGRESS_DEADLINE_EXCEEDED,
+            Reason::ProgressDeadlineExceeded,
             format!(
                 "the rollout made no progress within the Deployment's progressDeadlineSeconds: \
                  {message}; check the new pods' events (image pull, scheduling, model loading)"
@@ -401,7 +344,7 @@ fn degraded(
         return (
             DEGRADED,
             true,
-            REPLICA_FAILURE,
+            Reason::ReplicaFailure,
             format!("the Deployment cannot create pods: {message}"),
         );
     }
@@ -429,20 +372,20 @@ fn degraded(
         if let Some(warning) = grace_warning {
             message = format!("{message}. Also: {warning}");
         }
-        return (DEGRADED, false, CONFLICTS, message);
+        return (DEGRADED, false, Reason::Conflicts, message);
     }
     if let Some(warning) = grace_warning {
         return (
             DEGRADED,
             false,
-            GRACE_PERIOD_EXCEEDS_AUTOSCALER_LIMIT,
+            Reason::GracePeriodExceedsAutoscalerLimit,
             warning,
         );
     }
     (
         DEGRADED,
         false,
-        RECONCILED,
+        Reason::Reconciled,
         "the Deployment, Service and PodDisruptionBudget match the spec".to_owned(),
     )
 }
@@ -616,7 +559,7 @@ mod tests {
         let mut deployment = deployment((3, 3, 3, 3, 3), 140);
         deployment.metadata.generation = Some(8);
         let status = status_of(&resource(None), Some(&deployment), None);
-        assert_eq!(condition(&status, PROGRESSING).reason, ROLLING_OUT);
+        assert_eq!(condition(&status, PROGRESSING).reason, Reason::RollingOut);
         assert_eq!(condition(&status, READY).status, "False");
     }
 
@@ -658,7 +601,7 @@ mod tests {
     fn zero_replicas_is_ready() {
         let deployment = deployment((0, 0, 0, 0, 0), 140);
         let status = status_of(&resource(None), Some(&deployment), None);
-        assert_eq!(condition(&status, READY).reason, SCALED_TO_ZERO);
+        assert_eq!(condition(&status, READY).reason, Reason::ScaledToZero);
         assert_eq!(condition(&status, READY).status, "True");
     }
 
@@ -714,7 +657,7 @@ mod tests {
     #[test]
     fn an_invalid_spec_reports_the_running_pods_and_settles_the_generation() {
         let problem = Problem::Rejected {
-            reason: INVALID_SPEC,
+            reason: Reason::InvalidSpec,
             message: "the InferenceDeployment is invalid:\n  - spec.replicas: ...".to_owned(),
         };
         let deployment = deployment((3, 3, 3, 3, 3), 140);
@@ -758,7 +701,7 @@ mod tests {
         let not_owned = Problem::NotOwned("Deployment ml/demo is controlled by ...".to_owned());
         let status = status_of(&resource(None), Some(&deployment), Some(&not_owned));
         assert_eq!(status.observed_generation, None);
-        assert_eq!(condition(&status, DEGRADED).reason, NOT_OWNED);
+        assert_eq!(condition(&status, DEGRADED).reason, Reason::NotOwned);
     }
 
     #[test]
@@ -778,7 +721,7 @@ mod tests {
         // 600 is still fine.
         let at_limit = self::deployment((3, 3, 3, 3, 3), 600);
         let status = status_of(&resource(None), Some(&at_limit), None);
-        assert_eq!(condition(&status, DEGRADED).reason, RECONCILED);
+        assert_eq!(condition(&status, DEGRADED).reason, Reason::Reconciled);
     }
 
     #[test]
@@ -868,7 +811,7 @@ mod tests {
             &at(3000),
         );
         let ready = condition(&next, READY);
-        assert_eq!(ready.reason, REPLICAS_UNAVAILABLE);
+        assert_eq!(ready.reason, Reason::ReplicasUnavailable);
         assert_eq!(ready.last_transition_time, at(2000));
     }
 
@@ -879,32 +822,5 @@ mod tests {
         assert!(cut.len() <= MAX_MESSAGE_LEN);
         assert!(cut.ends_with('…'));
         assert_eq!(truncate("short".to_owned(), 10), "short");
-    }
-
-    #[test]
-    fn reasons_are_distinct_pascal_case_words() {
-        let mut all = vec![
-            ALL_REPLICAS_READY,
-            SCALED_TO_ZERO,
-            ROLLING_OUT,
-            SCALING,
-            REPLICAS_UNAVAILABLE,
-            DEPLOYMENT_NOT_FOUND,
-            ROLLOUT_COMPLETE,
-        ];
-        // ProgressDeadlineExceeded is both a Progressing and a Degraded reason.
-        all.extend(DEGRADED_REASONS);
-        let unique: std::collections::BTreeSet<_> = all.iter().collect();
-        assert_eq!(unique.len(), all.len());
-        for reason in all {
-            assert!(
-                reason.starts_with(|c: char| c.is_ascii_uppercase()),
-                "{reason}"
-            );
-            assert!(
-                reason.chars().all(|c| c.is_ascii_alphanumeric()),
-                "{reason}"
-            );
-        }
     }
 }

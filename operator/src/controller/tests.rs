@@ -14,7 +14,8 @@ use super::plan::Existing;
 use super::status::{DEGRADED, PROGRESSING, READY, find_condition};
 use super::{Context, Error, error_policy, reconcile, scale_in};
 use crate::api::{InferenceDeployment, InferenceDeploymentStatus, ScaleInPolicy};
-use crate::metrics::{FailureReason, ReconcileResult};
+use crate::metrics::ReconcileResult;
+use crate::reason::Reason;
 
 /// A context on a mock API server that plays one scenario per reconcile.
 struct Harness {
@@ -291,7 +292,7 @@ async fn an_invalid_spec_is_reported_once_and_never_applied() {
     assert_eq!(seen.events[0]["reason"], "InvalidSpec");
     let metrics = api.ctx.metrics();
     assert_eq!(metrics.reconciles(ReconcileResult::rejected), 1);
-    assert_eq!(metrics.failures(FailureReason::invalid_spec), 1);
+    assert_eq!(metrics.failures(Reason::InvalidSpec), 1);
 
     // Reported already: the next reconcile writes nothing.
     let reported = with_status(invalid, status.clone());
@@ -316,7 +317,7 @@ async fn an_unrenderable_spec_is_reported_and_never_applied() {
     assert_eq!(degraded(&seen.statuses[0]).1, "Unrenderable");
     assert_eq!(seen.events[0]["reason"], "Unrenderable");
     let metrics = api.ctx.metrics();
-    assert_eq!(metrics.failures(FailureReason::unrenderable), 1);
+    assert_eq!(metrics.failures(Reason::Unrenderable), 1);
 }
 
 #[tokio::test]
@@ -337,7 +338,7 @@ async fn an_object_of_another_controller_is_not_taken_over() {
     assert_eq!((state, reason), ("True", "NotOwned"));
     assert!(message.contains("controlled by Rollout llm"), "{message}");
     assert_eq!(seen.events[0]["reason"], "NotOwned");
-    assert_eq!(api.ctx.metrics().failures(FailureReason::not_owned), 1);
+    assert_eq!(api.ctx.metrics().failures(Reason::NotOwned), 1);
 }
 
 #[tokio::test]
@@ -346,7 +347,7 @@ async fn a_conflict_fails_the_reconcile_sets_degraded_and_backs_off() {
     let resource = resource("");
     let (result, seen) = api.reconcile(&resource, Scenario::ApplyFails(409)).await;
     let error = result.unwrap_err();
-    assert_eq!(error.reason(), FailureReason::api_conflict);
+    assert_eq!(error.reason(), Reason::ApiConflict);
     let text = error.to_string();
     assert!(
         text.starts_with("cannot apply Deployment ml/demo: 409 Conflict: "),
@@ -359,7 +360,7 @@ async fn a_conflict_fails_the_reconcile_sets_degraded_and_backs_off() {
     assert_eq!(seen.events[0]["reason"], "ApplyFailed");
     let metrics = api.ctx.metrics();
     assert_eq!(metrics.reconciles(ReconcileResult::error), 1);
-    assert_eq!(metrics.failures(FailureReason::api_conflict), 1);
+    assert_eq!(metrics.failures(Reason::ApiConflict), 1);
 
     let resource = Arc::new(resource);
     let first = error_policy(resource.clone(), &error, api.ctx.clone());
@@ -376,10 +377,10 @@ async fn a_server_error_on_apply_fails_the_reconcile() {
         .reconcile(&resource(""), Scenario::ApplyFails(500))
         .await;
     let error = result.unwrap_err();
-    assert_eq!(error.reason(), FailureReason::api_server_error);
+    assert_eq!(error.reason(), Reason::ApiServerError);
     assert_eq!(degraded(&seen.statuses[0]).1, "ApplyFailed");
     let metrics = api.ctx.metrics();
-    assert_eq!(metrics.failures(FailureReason::api_server_error), 1);
+    assert_eq!(metrics.failures(Reason::ApiServerError), 1);
 }
 
 #[tokio::test]
@@ -388,7 +389,7 @@ async fn a_server_error_on_read_fails_before_any_write() {
     let (result, seen) = api.reconcile(&resource(""), Scenario::ReadFails(500)).await;
     let error = result.unwrap_err();
     assert!(matches!(error, Error::Read { .. }), "{error}");
-    assert_eq!(error.reason(), FailureReason::api_server_error);
+    assert_eq!(error.reason(), Reason::ApiServerError);
     assert!(seen.statuses.is_empty());
     assert_eq!(api.ctx.metrics().reconciles(ReconcileResult::error), 1);
 }

@@ -29,6 +29,7 @@ pub use self::owner::Owner;
 pub use self::pod::render_pod_template;
 pub use self::service::render_service;
 use crate::api::{InferenceDeployment, InferenceDeploymentSpec};
+use crate::reason::Reason;
 use crate::rules::{self, Violation};
 
 /// The sidecar image of this operator release, the default of its
@@ -38,10 +39,6 @@ pub const DEFAULT_SIDECAR_IMAGE: &str = concat!(
     env!("CARGO_PKG_VERSION")
 );
 
-/// `RenderError::reason` of [`RenderError::Invalid`].
-pub const INVALID_SPEC_REASON: &str = "InvalidSpec";
-/// `RenderError::reason` of [`RenderError::Unrenderable`].
-pub const UNRENDERABLE_REASON: &str = "Unrenderable";
 
 /// Operator-wide settings that shape the rendered objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,10 +107,10 @@ impl RenderError {
     }
 
     /// A bounded PascalCase reason, for a condition or a metric label.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::Invalid(_) => INVALID_SPEC_REASON,
-            Self::Unrenderable(_) => UNRENDERABLE_REASON,
+            Self::Invalid(_) => Reason::InvalidSpec,
+            Self::Unrenderable(_) => Reason::Unrenderable,
         }
     }
 }
@@ -270,7 +267,7 @@ spec:
     fn an_invalid_resource_is_refused_with_every_violation() {
         let yaml = format!("{DEMO}  replicas: -1\n  drain: {{timeoutSeconds: 3600}}\n");
         let error = render_default(&yaml).unwrap_err();
-        assert_eq!(error.reason(), "InvalidSpec");
+        assert_eq!(error.reason(), Reason::InvalidSpec);
         assert_eq!(error_fields(&error), ["spec.replicas", "spec.drain"]);
         let text = error.to_string();
         assert!(
@@ -291,7 +288,7 @@ spec:
         let long = "a".repeat(64);
         let error =
             render_default(&DEMO.replace("name: demo", &format!("name: {long}"))).unwrap_err();
-        assert_eq!(error.reason(), "Unrenderable");
+        assert_eq!(error.reason(), Reason::Unrenderable);
         assert_eq!(
             error_fields(&error),
             ["metadata.name"],
