@@ -293,7 +293,7 @@ impl Scenario {
     /// builder, with nothing of the user's overridden.
     fn rendered(&self) -> Result<PodTemplateSpec, String> {
         let spec = self.inference_deployment()?;
-        quiesce_operator::rules::validate(&spec).map_err(|violations| {
+        let spec = quiesce_operator::rules::validate(&spec).map_err(|violations| {
             let list: Vec<String> = violations.iter().map(ToString::to_string).collect();
             format!(
                 "the demo's InferenceDeployment is invalid: {}",

@@ -12,25 +12,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{rules, schema};
-
-/// Upper bound of the computed `terminationGracePeriodSeconds`: one hour.
-///
-/// Kubernetes itself sets no limit, but a pod that may take longer than an
-/// hour to terminate blocks node drains and cluster upgrades for that long.
-pub const MAX_GRACE_PERIOD_SECONDS: i64 = 3600;
-
-/// Above this grace period cluster-autoscaler (default
-/// `--max-graceful-termination-sec=600`) cuts a scale-down drain short.
-pub const AUTOSCALER_GRACE_PERIOD_SECONDS: i64 = 600;
-
-/// Maximum number of containers in `spec.template.spec.containers`. The CEL
-/// rules walk that list; the API server refuses rules whose estimated cost is
-/// unbounded, so the schema must bound it.
-pub const MAX_CONTAINERS: u64 = 16;
-
-/// Maximum length of a container name (an RFC 1123 label).
-pub const MAX_CONTAINER_NAME_LEN: u64 = 63;
+use crate::{limits, rules, schema};
 
 /// Desired state of an inference server whose pods drain before they stop.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -66,7 +48,7 @@ pub struct InferenceDeploymentSpec {
     /// Number of pods. Also set by `kubectl scale` and a HorizontalPodAutoscaler
     /// through the scale subresource.
     #[serde(default = "default_replicas")]
-    #[schemars(range(min = 0, max = 10000))]
+    #[schemars(range(min = limits::REPLICAS.min, max = limits::REPLICAS.max))]
     pub replicas: i32,
 
     /// Pod template of the inference server, as in a Deployment. quiesce adds
@@ -167,7 +149,7 @@ pub struct EngineSpec {
     /// server. It gets the preStop hook, QUIESCE_SOCKET and the probes.
     #[serde(default = "default_container_name")]
     #[schemars(
-        length(min = 1, max = 63),
+        length(min = 1, max = limits::MAX_CONTAINER_NAME_LEN),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub container_name: String,
@@ -181,14 +163,14 @@ pub struct EngineSpec {
 
     /// Port the engine serves inference on (the Service targets it).
     #[serde(default = "default_engine_port")]
-    #[schemars(range(min = 1, max = 65535))]
+    #[schemars(range(min = limits::ENGINE_PORT.min, max = limits::ENGINE_PORT.max))]
     pub port: i32,
 
     /// HTTP path of the engine's health endpoint, polled by the vllm,
     /// sglang, trtllm and http adapters. Defaults to /health for vllm,
     /// sglang and trtllm; required for http.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256), regex(pattern = "^/"))]
+    #[schemars(length(min = 1, max = limits::MAX_HTTP_PATH_LEN), regex(pattern = "^/"))]
     pub health_path: Option<String>,
 
     /// HTTP path of the engine's Prometheus metrics, read by the vllm,
@@ -196,13 +178,13 @@ pub struct EngineSpec {
     /// /metrics, and to /prometheus/metrics for trtllm (never its JSON
     /// /metrics, which a read empties).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256), regex(pattern = "^/"))]
+    #[schemars(length(min = 1, max = limits::MAX_HTTP_PATH_LEN), regex(pattern = "^/"))]
     pub metrics_path: Option<String>,
 
     /// How long the engine may take to start (load weights, compile, warm
     /// up) before the kubelet restarts it. Model loading takes minutes.
     #[serde(default = "default_startup_timeout")]
-    #[schemars(range(min = 10, max = 7200))]
+    #[schemars(range(min = limits::STARTUP_TIMEOUT.min, max = limits::STARTUP_TIMEOUT.max))]
     pub startup_timeout_seconds: i32,
 }
 
@@ -242,25 +224,25 @@ pub struct DrainSpec {
     /// with explicit abort responses. An idle pod does not wait it out. Size it
     /// to the longest request: max output tokens x time per token + queueing.
     #[serde(default = "default_timeout")]
-    #[schemars(range(min = 0, max = 3600))]
+    #[schemars(range(min = limits::DRAIN_TIMEOUT.min, max = limits::DRAIN_TIMEOUT.max))]
     pub timeout_seconds: i32,
 
     /// Seconds the pod keeps admitting requests after it turned unready, while
     /// endpoint removal reaches every kube-proxy and load balancer.
     #[serde(default = "default_propagation")]
-    #[schemars(range(min = 0, max = 300))]
+    #[schemars(range(min = limits::PROPAGATION.min, max = limits::PROPAGATION.max))]
     pub propagation_seconds: i32,
 
     /// Seconds the engine gets to deliver abort responses to clients after the
     /// timeout, before it must exit.
     #[serde(default = "default_abort_grace")]
-    #[schemars(range(min = 0, max = 300))]
+    #[schemars(range(min = limits::ABORT_GRACE.min, max = limits::ABORT_GRACE.max))]
     pub abort_grace_seconds: i32,
 
     /// Seconds the engine gets after SIGTERM to tear down (free GPU memory,
     /// stop workers) before the kubelet kills it.
     #[serde(default = "default_exit_margin")]
-    #[schemars(range(min = 0, max = 600))]
+    #[schemars(range(min = limits::EXIT_MARGIN.min, max = limits::EXIT_MARGIN.max))]
     pub exit_margin_seconds: i32,
 }
 
@@ -365,7 +347,7 @@ pub struct ServiceSpec {
     /// Port the Service exposes; traffic goes to spec.engine.port. Defaults to
     /// spec.engine.port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 65535))]
+    #[schemars(range(min = limits::SERVICE_PORT.min, max = limits::SERVICE_PORT.max))]
     pub port: Option<i32>,
 }
 
@@ -446,7 +428,7 @@ pub struct SidecarSpec {
     /// Sidecar image. Defaults to the image the operator was started with
     /// (its --sidecar-image flag).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 512))]
+    #[schemars(length(min = 1, max = limits::MAX_IMAGE_LEN))]
     pub image: Option<String>,
 
     /// Compute resources of the sidecar. Defaults to requests of 10m CPU and
@@ -457,7 +439,7 @@ pub struct SidecarSpec {
     /// Port of the sidecar's /live, /ready and /metrics. Defaults to 9090;
     /// change it only if the engine already uses that port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 65535))]
+    #[schemars(range(min = limits::SIDECAR_PORT.min, max = limits::SIDECAR_PORT.max))]
     pub port: Option<i32>,
 }
 
@@ -591,8 +573,16 @@ mod tests {
 
     #[test]
     fn the_cel_grace_rule_uses_the_documented_maximum() {
-        let max = MAX_GRACE_PERIOD_SECONDS.to_string();
+        let max = crate::limits::MAX_GRACE_PERIOD_SECONDS.to_string();
         assert!(rules::GRACE_PERIOD_BOUNDED.ends_with(&format!("<= {max}")));
         assert!(rules::GRACE_PERIOD_BOUNDED_MSG.contains(&max));
+        // The description of spec.drain, which kubectl explain shows.
+        let crd = serde_json::to_value(crate::crd::definition()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let description = spec["properties"]["drain"]["description"].as_str().unwrap();
+        assert!(
+            description.contains(&format!("must not exceed {max} seconds")),
+            "{description}"
+        );
     }
 }

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use quiesce_operator::api::{AUTOSCALER_GRACE_PERIOD_SECONDS, InferenceDeployment};
+use quiesce_operator::api::InferenceDeployment;
+use quiesce_operator::limits::AUTOSCALER_GRACE_PERIOD_SECONDS;
 use quiesce_operator::render::{self, DEFAULT_SIDECAR_IMAGE, RenderConfig};
 use quiesce_operator::{crd, rules};
 
@@ -95,17 +96,18 @@ fn render_file(file: &Path, config: RenderConfig) -> anyhow::Result<ExitCode> {
 fn check(file: &Path) -> anyhow::Result<ExitCode> {
     let resource = read_resource(file)?;
     let name = resource.metadata.name.as_deref().unwrap_or("<unnamed>");
-    if let Err(violations) = rules::validate(&resource.spec) {
-        eprintln!("{}: InferenceDeployment {name} is invalid:", file.display());
-        for violation in violations {
-            eprintln!("  - {violation}");
+    let spec = match rules::validate(&resource.spec) {
+        Ok(spec) => spec,
+        Err(violations) => {
+            eprintln!("{}: InferenceDeployment {name} is invalid:", file.display());
+            for violation in violations {
+                eprintln!("  - {violation}");
+            }
+            return Ok(ExitCode::FAILURE);
         }
-        return Ok(ExitCode::FAILURE);
-    }
-
-    let spec = &resource.spec;
+    };
     let drain = &spec.drain;
-    let grace = drain.termination_grace_period_seconds();
+    let grace = spec.drain_plan().grace_period_seconds;
     println!("{}: InferenceDeployment {name} is valid", file.display());
     println!(
         "  engine   container {:?}, adapter {}, port {}",

@@ -133,7 +133,8 @@ mod tests {
 
     #[test]
     fn reasons_are_distinct_pascal_case_words() {
-        let unique: std::collections::BTreeSet<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        let unique: std::collections::BTreeSet<_> =
+            Reason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(unique.len(), Reason::ALL.len());
         for reason in Reason::ALL {
             let word = reason.as_str();

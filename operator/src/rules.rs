@@ -4,10 +4,9 @@
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::{
-    EngineAdapter, InferenceDeploymentSpec, MAX_CONTAINER_NAME_LEN, MAX_CONTAINERS,
-    MAX_GRACE_PERIOD_SECONDS,
-};
+use crate::api::{EngineAdapter, InferenceDeploymentSpec};
+use crate::drain_plan::DrainPlan;
+use crate::limits::{self, Bound, MAX_CONTAINER_NAME_LEN, MAX_CONTAINERS, MAX_HTTP_PATH_LEN};
 
 /// Root rule: the template contains the engine container.
 pub const ENGINE_CONTAINER_PRESENT: &str = "has(self.spec.template.spec) && self.spec.template.spec.containers.exists(c, c.name == self.spec.engine.containerName)";
@@ -32,10 +31,17 @@ pub const HTTP_NEEDS_HEALTH_PATH_MSG: &str =
     "spec.engine.healthPath is required when spec.engine.adapter is http";
 
 /// `spec.drain` rule: the computed grace period stays under
-/// [`MAX_GRACE_PERIOD_SECONDS`].
-pub const GRACE_PERIOD_BOUNDED: &str = "self.propagationSeconds + self.timeoutSeconds + self.abortGraceSeconds + self.exitMarginSeconds <= 3600";
+/// [`limits::MAX_GRACE_PERIOD_SECONDS`].
+pub const GRACE_PERIOD_BOUNDED: &str = concat!(
+    "self.propagationSeconds + self.timeoutSeconds + self.abortGraceSeconds + self.exitMarginSeconds <= ",
+    limits::max_grace_period_seconds!()
+);
 /// Message of [`GRACE_PERIOD_BOUNDED`].
-pub const GRACE_PERIOD_BOUNDED_MSG: &str = "spec.drain: propagationSeconds + timeoutSeconds + abortGraceSeconds + exitMarginSeconds is the pods' terminationGracePeriodSeconds and must not exceed 3600; lower timeoutSeconds";
+pub const GRACE_PERIOD_BOUNDED_MSG: &str = concat!(
+    "spec.drain: propagationSeconds + timeoutSeconds + abortGraceSeconds + exitMarginSeconds is the pods' terminationGracePeriodSeconds and must not exceed ",
+    limits::max_grace_period_seconds!(),
+    "; lower timeoutSeconds"
+);
 
 /// `spec.strategy` rule: a rollout can make progress.
 pub const ROLLOUT_CAN_PROGRESS: &str = "!((self.maxSurge == 0 || self.maxSurge == '0%') && (self.maxUnavailable == 0 || self.maxUnavailable == '0%'))";
@@ -57,8 +63,32 @@ impl std::fmt::Display for Violation {
     }
 }
 
+/// A spec that passed every rule, with what its drain settings decide:
+/// what render accepts, so that nothing renders an unchecked spec. It reads
+/// as the spec it wraps.
+#[derive(Clone, Debug)]
+pub struct Validated<'a> {
+    spec: &'a InferenceDeploymentSpec,
+    drain_plan: DrainPlan,
+}
+
+impl Validated<'_> {
+    /// The drain of the pods, computed once.
+    pub fn drain_plan(&self) -> &DrainPlan {
+        &self.drain_plan
+    }
+}
+
+impl std::ops::Deref for Validated<'_> {
+    type Target = InferenceDeploymentSpec;
+
+    fn deref(&self) -> &InferenceDeploymentSpec {
+        self.spec
+    }
+}
+
 /// Checks a (defaulted) spec against every schema bound and CEL rule of the CRD.
-pub fn validate(spec: &InferenceDeploymentSpec) -> Result<(), Vec<Violation>> {
+pub fn validate(spec: &InferenceDeploymentSpec) -> Result<Validated<'_>, Vec<Violation>> {
     let mut found = Vec::new();
     let mut violation = |field: &str, message: String| {
         found.push(Violation {
@@ -66,44 +96,29 @@ pub fn validate(spec: &InferenceDeploymentSpec) -> Result<(), Vec<Violation>> {
             message,
         })
     };
-    let mut range = |field: &str, value: i32, min: i32, max: i32| {
-        if !(min..=max).contains(&value) {
+    let drain = &spec.drain;
+    let bounded = [
+        (limits::REPLICAS, Some(spec.replicas)),
+        (limits::ENGINE_PORT, Some(spec.engine.port)),
+        (
+            limits::STARTUP_TIMEOUT,
+            Some(spec.engine.startup_timeout_seconds),
+        ),
+        (limits::DRAIN_TIMEOUT, Some(drain.timeout_seconds)),
+        (limits::PROPAGATION, Some(drain.propagation_seconds)),
+        (limits::ABORT_GRACE, Some(drain.abort_grace_seconds)),
+        (limits::EXIT_MARGIN, Some(drain.exit_margin_seconds)),
+        (limits::SERVICE_PORT, spec.service.port),
+        (limits::SIDECAR_PORT, spec.sidecar.port),
+    ];
+    for (bound, value) in bounded {
+        if let Some(value) = value.filter(|v| !bound.contains(*v)) {
+            let Bound { min, max, .. } = bound;
             violation(
-                field,
+                bound.field,
                 format!("must be between {min} and {max}, got {value}"),
             );
         }
-    };
-
-    range("spec.replicas", spec.replicas, 0, 10000);
-    range("spec.engine.port", spec.engine.port, 1, 65535);
-    let startup = spec.engine.startup_timeout_seconds;
-    range("spec.engine.startupTimeoutSeconds", startup, 10, 7200);
-    let drain = &spec.drain;
-    range("spec.drain.timeoutSeconds", drain.timeout_seconds, 0, 3600);
-    range(
-        "spec.drain.propagationSeconds",
-        drain.propagation_seconds,
-        0,
-        300,
-    );
-    range(
-        "spec.drain.abortGraceSeconds",
-        drain.abort_grace_seconds,
-        0,
-        300,
-    );
-    range(
-        "spec.drain.exitMarginSeconds",
-        drain.exit_margin_seconds,
-        0,
-        600,
-    );
-    if let Some(port) = spec.service.port {
-        range("spec.service.port", port, 1, 65535);
-    }
-    if let Some(port) = spec.sidecar.port {
-        range("spec.sidecar.port", port, 1, 65535);
     }
 
     let mut violation = |field: &str, message: &str| {
@@ -112,7 +127,7 @@ pub fn validate(spec: &InferenceDeploymentSpec) -> Result<(), Vec<Violation>> {
             message: message.to_owned(),
         })
     };
-    if drain.termination_grace_period_seconds() > MAX_GRACE_PERIOD_SECONDS {
+    if drain.termination_grace_period_seconds() > i64::from(limits::MAX_GRACE_PERIOD_SECONDS) {
         violation("spec.drain", GRACE_PERIOD_BOUNDED_MSG);
     }
     if spec.engine.adapter == EngineAdapter::Http && spec.engine.health_path.is_none() {
@@ -121,7 +136,10 @@ pub fn validate(spec: &InferenceDeploymentSpec) -> Result<(), Vec<Violation>> {
     if !is_dns_label(&spec.engine.container_name) {
         violation(
             "spec.engine.containerName",
-            "must be a container name: lowercase letters, digits and '-', at most 63 characters",
+            &format!(
+                "must be a container name: lowercase letters, digits and '-', at most \
+                 {MAX_CONTAINER_NAME_LEN} characters"
+            ),
         );
     }
     for (field, path) in [
@@ -130,11 +148,14 @@ pub fn validate(spec: &InferenceDeploymentSpec) -> Result<(), Vec<Violation>> {
     ] {
         if path
             .as_deref()
-            .is_some_and(|p| !p.starts_with('/') || p.len() > 256)
+            .is_some_and(|p| !p.starts_with('/') || p.len() as u64 > MAX_HTTP_PATH_LEN)
         {
             violation(
                 field,
-                "must be an HTTP path starting with '/', at most 256 characters",
+                &format!(
+                    "must be an HTTP path starting with '/', at most {MAX_HTTP_PATH_LEN} \
+                     characters"
+                ),
             );
         }
     }
@@ -168,7 +189,7 @@ pub fn validate(spec: &InferenceDeploymentSpec) -> Result<(), Vec<Violation>> {
             if pod.containers.len() as u64 > MAX_CONTAINERS {
                 violation(
                     "spec.template.spec.containers",
-                    "at most 16 containers are allowed",
+                    &format!("at most {MAX_CONTAINERS} containers are allowed"),
                 );
             }
             if pod
@@ -178,22 +199,25 @@ pub fn validate(spec: &InferenceDeploymentSpec) -> Result<(), Vec<Violation>> {
             {
                 violation(
                     "spec.template.spec.containers",
-                    "container names are at most 63 characters",
+                    &format!("container names are at most {MAX_CONTAINER_NAME_LEN} characters"),
                 );
             }
-            let engine = pod
+            // Every container of the engine's name, as the CEL rules see
+            // them: the API server refuses duplicate names only later, in
+            // the Deployment.
+            let mut engines = pod
                 .containers
                 .iter()
-                .find(|c| c.name == spec.engine.container_name);
-            match engine {
-                None => violation(
+                .filter(|c| c.name == spec.engine.container_name)
+                .peekable();
+            if engines.peek().is_none() {
+                violation(
                     "spec.template.spec.containers",
                     ENGINE_CONTAINER_PRESENT_MSG,
-                ),
-                Some(c) if c.lifecycle.as_ref().is_some_and(|l| l.pre_stop.is_some()) => {
-                    violation("spec.template.spec.containers", NO_ENGINE_PRESTOP_MSG)
-                }
-                Some(_) => {}
+                );
+            }
+            if engines.any(|c| c.lifecycle.as_ref().is_some_and(|l| l.pre_stop.is_some())) {
+                violation("spec.template.spec.containers", NO_ENGINE_PRESTOP_MSG);
             }
             if pod.termination_grace_period_seconds.is_some() {
                 violation(
@@ -204,14 +228,20 @@ pub fn validate(spec: &InferenceDeploymentSpec) -> Result<(), Vec<Violation>> {
         }
     }
 
-    if found.is_empty() { Ok(()) } else { Err(found) }
+    if !found.is_empty() {
+        return Err(found);
+    }
+    Ok(Validated {
+        spec,
+        drain_plan: DrainPlan::of(&spec.drain),
+    })
 }
 
 fn is_dns_label(name: &str) -> bool {
     let bytes = name.as_bytes();
     let allowed = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
     !bytes.is_empty()
-        && bytes.len() <= 63
+        && bytes.len() as u64 <= MAX_CONTAINER_NAME_LEN
         && bytes.iter().all(allowed)
         && bytes[0] != b'-'
         && bytes[bytes.len() - 1] != b'-'

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde_json::json;
 
-use crate::api::{MAX_CONTAINER_NAME_LEN, MAX_CONTAINERS};
+use crate::limits::{MAX_CONTAINER_NAME_LEN, MAX_CONTAINERS};
 
 /// `PodTemplateSpec` with `spec.containers` and container names bounded.
 ///

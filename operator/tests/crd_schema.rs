@@ -59,7 +59,7 @@ fn operator_errors(object: &Value) -> Vec<String> {
     match serde_json::from_value::<InferenceDeployment>(object.clone()) {
         Err(e) => vec![format!("does not deserialize: {e}")],
         Ok(resource) => match rules::validate(&resource.spec) {
-            Ok(()) => vec![],
+            Ok(_) => vec![],
             Err(violations) => violations.iter().map(ToString::to_string).collect(),
         },
     }
@@ -487,6 +487,20 @@ fn engine_prestop_and_template_grace_period_are_rejected() {
         },
         rules::NO_ENGINE_PRESTOP_MSG,
     );
+    // Found by the generated resources below: a second container of the
+    // engine's name with a preStop passed the Rust rules, not the CEL.
+    assert_rejected(
+        "a second engine container with a preStop",
+        |o| {
+            let containers = o["spec"]["template"]["spec"]["containers"]
+                .as_array_mut()
+                .unwrap();
+            let mut twin = containers[0].clone();
+            twin["lifecycle"] = json!({"preStop": {"exec": {"command": ["sleep", "15"]}}});
+            containers.push(twin);
+        },
+        rules::NO_ENGINE_PRESTOP_MSG,
+    );
     assert_rejected(
         "template grace period",
         |o| o["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(30),
@@ -558,5 +572,178 @@ fn counts_and_percentages() {
             |o| o["spec"]["disruptionBudget"] = json!({"maxUnavailable": bad}),
             "percentage",
         );
+    }
+}
+
+mod generated {
+    //! The Rust rules and the CRD's schema and CEL, on resources generated
+    //! around every bound: both accept a resource, or both refuse it.
+
+    use proptest::prelude::*;
+    use quiesce_operator::limits::{self, Bound};
+    use serde_json::{Value, json};
+
+    /// Values at, beside and between a bound's ends, inside most often.
+    fn around(bound: Bound) -> impl Strategy<Value = i32> {
+        let (min, max) = (bound.min, bound.max);
+        prop_oneof![
+            1 => Just(min - 1),
+            1 => Just(min),
+            1 => Just(max),
+            1 => Just(max + 1),
+            32 => min..=max,
+        ]
+    }
+
+    fn count_or_percent() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            6 => (0..5i32).prop_map(|n| json!(n)),
+            1 => Just(json!(-1)),
+            4 => prop::sample::select(vec!["0%", "25%", "100%"]).prop_map(|s| json!(s)),
+            1 => prop::sample::select(vec!["1000%", "5", "%", "x%", "-5%"]).prop_map(|s| json!(s)),
+        ]
+    }
+
+    fn http_path() -> impl Strategy<Value = Option<String>> {
+        let long = |n: usize| format!("/{}", "p".repeat(n - 1));
+        let max = limits::MAX_HTTP_PATH_LEN as usize;
+        prop::option::of(prop_oneof![
+            8 => prop::sample::select(vec!["/health".to_owned(), "/".to_owned(), long(max)]),
+            1 => prop::sample::select(vec!["health".to_owned(), String::new(), long(max + 1)]),
+        ])
+    }
+
+    fn container_name() -> impl Strategy<Value = String> {
+        let max = limits::MAX_CONTAINER_NAME_LEN as usize;
+        prop_oneof![
+            8 => prop::sample::select(vec!["engine".to_owned(), "vllm".to_owned(), "e".repeat(max)]),
+            1 => prop::sample::select(vec![
+                "Engine".to_owned(),
+                "-engine".to_owned(),
+                "engine-".to_owned(),
+                "e".repeat(max + 1),
+            ]),
+        ]
+    }
+
+    fn container(name: String, pre_stop: bool) -> Value {
+        let mut container = json!({"name": name, "image": "engine:1"});
+        if pre_stop {
+            container["lifecycle"] = json!({"preStop": {"exec": {"command": ["sleep", "5"]}}});
+        }
+        container
+    }
+
+    prop_compose! {
+        fn resource()(
+            replicas in around(limits::REPLICAS),
+            port in around(limits::ENGINE_PORT),
+            startup in around(limits::STARTUP_TIMEOUT),
+            drain in (
+                around(limits::PROPAGATION),
+                around(limits::DRAIN_TIMEOUT),
+                around(limits::ABORT_GRACE),
+                around(limits::EXIT_MARGIN),
+            ),
+            service_port in prop::option::of(around(limits::SERVICE_PORT)),
+            sidecar_port in prop::option::of(around(limits::SIDECAR_PORT)),
+            engine_name in container_name(),
+            adapter in prop::sample::select(vec!["protocol", "vllm", "sglang", "trtllm", "http"]),
+            health_path in http_path(),
+            metrics_path in http_path(),
+            rollout in (count_or_percent(), count_or_percent()),
+            budget in count_or_percent(),
+            others in prop::collection::vec((container_name(), prop::bool::weighted(0.2)), 0..3),
+            engine_container in prop::option::weighted(0.9, prop::bool::weighted(0.1)),
+            grace in prop::option::weighted(0.1, 0..100i64),
+        ) -> Value {
+            let (propagation, timeout, abort_grace, exit_margin) = drain;
+            let mut engine = json!({
+                "containerName": engine_name, "adapter": adapter, "port": port,
+                "startupTimeoutSeconds": startup,
+            });
+            if let Some(path) = health_path {
+                engine["healthPath"] = json!(path);
+            }
+            if let Some(path) = metrics_path {
+                engine["metricsPath"] = json!(path);
+            }
+            let mut containers: Vec<Value> =
+                others.into_iter().map(|(name, hook)| container(name, hook)).collect();
+            if let Some(pre_stop) = engine_container {
+                containers.push(container(engine_name.clone(), pre_stop));
+            }
+            let mut pod = json!({"containers": containers});
+            if let Some(grace) = grace {
+                pod["terminationGracePeriodSeconds"] = json!(grace);
+            }
+            let mut spec = json!({
+                "replicas": replicas,
+                "template": {"spec": pod},
+                "engine": engine,
+                "drain": {
+                    "propagationSeconds": propagation, "timeoutSeconds": timeout,
+                    "abortGraceSeconds": abort_grace, "exitMarginSeconds": exit_margin,
+                },
+                "strategy": {"maxSurge": rollout.0, "maxUnavailable": rollout.1},
+                "disruptionBudget": {"maxUnavailable": budget},
+                "service": {},
+                "sidecar": {},
+            });
+            if let Some(port) = service_port {
+                spec["service"]["port"] = json!(port);
+            }
+            if let Some(port) = sidecar_port {
+                spec["sidecar"]["port"] = json!(port);
+            }
+            json!({
+                "apiVersion": "quiesce.dev/v1alpha1",
+                "kind": "InferenceDeployment",
+                "metadata": {"name": "generated", "namespace": "ml"},
+                "spec": spec,
+            })
+        }
+    }
+
+    /// 2,000 resources, shrunk to the smallest disagreement if there is
+    /// one. Enough of them must pass, and enough fail, for the agreement to
+    /// mean something.
+    #[test]
+    fn the_rust_rules_and_the_crd_agree() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let config = ProptestConfig {
+            cases: 2000,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        };
+        let (accepted, refused) = (AtomicU32::new(0), AtomicU32::new(0));
+        let result = proptest::test_runner::TestRunner::new(config).run(&resource(), |object| {
+            let server = super::api_server_errors(&object);
+            let operator = super::operator_errors(&object);
+            prop_assert_eq!(
+                server.is_empty(),
+                operator.is_empty(),
+                "the API server says {:?}\nthe operator says {:?}\nof {:#}",
+                server,
+                operator,
+                object
+            );
+            let outcome = if server.is_empty() {
+                &accepted
+            } else {
+                &refused
+            };
+            outcome.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        });
+        if let Err(failure) = result {
+            panic!("{failure}");
+        }
+        let (accepted, refused) = (accepted.into_inner(), refused.into_inner());
+        assert!(
+            accepted >= 200 && refused >= 200,
+            "{accepted} accepted, {refused} refused"
+        );
+        eprintln!("{accepted} accepted and {refused} refused alike");
     }
 }

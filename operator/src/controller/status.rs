@@ -16,9 +16,10 @@
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::{AUTOSCALER_GRACE_PERIOD_SECONDS, InferenceDeployment, InferenceDeploymentStatus};
-use crate::render::labels::selector_string;
+use crate::api::{InferenceDeployment, InferenceDeploymentStatus};
+use crate::limits::AUTOSCALER_GRACE_PERIOD_SECONDS;
 use crate::reason::Reason;
+use crate::render::labels::selector_string;
 use crate::render::{Conflict, RenderError};
 
 /// Condition type: the pods run the current template and are available.
@@ -284,7 +285,12 @@ fn ready(rollout: Option<&Rollout>) -> ConditionParts {
 
 fn progressing(rollout: Option<&Rollout>) -> ConditionParts {
     let Some(rollout) = rollout else {
-        return (PROGRESSING, false, Reason::DeploymentNotFound, no_deployment());
+        return (
+            PROGRESSING,
+            false,
+            Reason::DeploymentNotFound,
+            no_deployment(),
+        );
     };
     if let Some(message) = &rollout.deadline_exceeded {
         return (
@@ -323,7 +329,9 @@ fn degraded(
         Some(Problem::Rejected { reason, message }) => {
             return (DEGRADED, true, *reason, message.clone());
         }
-        Some(Problem::NotOwned(message)) => return (DEGRADED, true, Reason::NotOwned, message.clone()),
+        Some(Problem::NotOwned(message)) => {
+            return (DEGRADED, true, Reason::NotOwned, message.clone());
+        }
         Some(Problem::ApplyFailed(message)) => {
             return (DEGRADED, true, Reason::ApplyFailed, message.clone());
         }

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 use super::labels::{Component, label_selector};
 use super::owner::Owner;
-use crate::api::InferenceDeploymentSpec;
+use crate::rules::Validated;
 
 /// Added to the progress deadline for scheduling and pulling the image:
 /// the Deployment default, since inference images weigh gigabytes.
@@ -21,16 +21,16 @@ pub const PROGRESS_DEADLINE_MARGIN_SECONDS: i64 = 600;
 /// free only once it is gone), then for the new pod to be scheduled and
 /// pulled, then for the model to load. The Deployment default (600 s) would
 /// report a healthy rollout of a large model as failed.
-pub fn progress_deadline_seconds(spec: &InferenceDeploymentSpec) -> i32 {
+pub fn progress_deadline_seconds(spec: &Validated<'_>) -> i32 {
     let seconds = i64::from(spec.engine.startup_timeout_seconds)
-        + spec.drain.termination_grace_period_seconds()
+        + spec.drain_plan().grace_period_seconds
         + PROGRESS_DEADLINE_MARGIN_SECONDS;
     i32::try_from(seconds).unwrap_or(i32::MAX)
 }
 
 /// The Deployment of `spec` with the rendered pod `template`.
 pub fn render_deployment(
-    spec: &InferenceDeploymentSpec,
+    spec: &Validated<'_>,
     owner: &Owner,
     template: PodTemplateSpec,
 ) -> Deployment {
@@ -67,7 +67,8 @@ mod tests {
             "{MINIMAL}replicas: 3\nstrategy: {{maxSurge: 25%, maxUnavailable: 1}}\n"
         ));
         let template = PodTemplateSpec::default();
-        let deployment = render_deployment(&spec, &owner_in(Some("ml")), template.clone());
+        let deployment =
+            render_deployment(&validated(&spec), &owner_in(Some("ml")), template.clone());
         assert_eq!(deployment.metadata.name.as_deref(), Some("demo"));
         assert_eq!(deployment.metadata.namespace.as_deref(), Some("ml"));
         let labels = deployment.metadata.labels.unwrap();
@@ -89,13 +90,19 @@ mod tests {
     #[test]
     fn the_progress_deadline_covers_a_drain_and_a_model_load() {
         // 1800 s startup + 140 s grace period + 600 s to schedule and pull.
-        assert_eq!(progress_deadline_seconds(&spec(MINIMAL)), 2540);
+        assert_eq!(progress_deadline_seconds(&validated(&spec(MINIMAL))), 2540);
         let slow = spec(&format!(
             "{MINIMAL}engine: {{startupTimeoutSeconds: 7200}}\ndrain: {{timeoutSeconds: 3000}}\n"
         ));
-        assert_eq!(progress_deadline_seconds(&slow), 7200 + 3020 + 600);
-        let deployment =
-            render_deployment(&slow, &owner_in(Some("ml")), PodTemplateSpec::default());
+        assert_eq!(
+            progress_deadline_seconds(&validated(&slow)),
+            7200 + 3020 + 600
+        );
+        let deployment = render_deployment(
+            &validated(&slow),
+            &owner_in(Some("ml")),
+            PodTemplateSpec::default(),
+        );
         assert_eq!(
             deployment.spec.unwrap().progress_deadline_seconds,
             Some(10820)

@@ -16,12 +16,12 @@ use super::conflict::{
     SHUTDOWN_TIMEOUT_NOT_PASSED, SOCKET_ENV_KEPT,
 };
 use quiesce_protocol::contract::{
-    DRAIN_CLIENT_PATH, LIVE_PATH, READY_PATH, SHARED_MOUNT_PATH, SHARED_VOLUME_NAME, SOCKET_ENV,
-    SOCKET_PATH,
+    LIVE_PATH, READY_PATH, SHARED_MOUNT_PATH, SHARED_VOLUME_NAME, SOCKET_ENV, SOCKET_PATH,
 };
 
 use super::sidecar::{http_probe, sidecar_port};
 use crate::api::{DrainSpec, EngineAdapter, EngineSpec, InferenceDeploymentSpec};
+use crate::rules::Validated;
 
 /// vLLM's flag that serves `/load`: HTTP requests in flight until their
 /// answer is fully sent, which its gauges do not count.
@@ -42,26 +42,6 @@ pub const VLLM_SHUTDOWN_TIMEOUT_FLAG: &str = "--shutdown-timeout";
 /// between pods. The sidecar answers it in microseconds.
 pub const STARTUP_PROBE_PERIOD_SECONDS: i32 = 1;
 
-/// The engine's preStop hook: the drain client, copied into the shared
-/// volume by the sidecar, asks the sidecar over the socket to drain and
-/// returns when the drain is over.
-pub fn pre_stop_command(drain: &DrainSpec) -> Vec<String> {
-    [
-        DRAIN_CLIENT_PATH,
-        "drain",
-        "--socket",
-        SOCKET_PATH,
-        "--propagation-seconds",
-        &drain.propagation_seconds.to_string(),
-        "--timeout-seconds",
-        &drain.timeout_seconds.to_string(),
-        "--abort-grace-seconds",
-        &drain.abort_grace_seconds.to_string(),
-    ]
-    .map(str::to_owned)
-    .into()
-}
-
 /// Startup probe failures allowed: enough periods to cover
 /// `startupTimeoutSeconds`, rounded up.
 pub fn startup_failure_threshold(engine: &EngineSpec) -> i32 {
@@ -73,12 +53,12 @@ pub fn startup_failure_threshold(engine: &EngineSpec) -> i32 {
 pub(super) fn instrument_engine(
     engine: &mut Container,
     field: &str,
-    spec: &InferenceDeploymentSpec,
+    spec: &Validated<'_>,
 ) -> Vec<Conflict> {
     let mut conflicts = Vec::new();
     set_socket_env(engine, field, &mut conflicts);
     mount_shared_volume(engine, field, &mut conflicts);
-    install_pre_stop(engine, &spec.drain);
+    install_pre_stop(engine, &spec.drain_plan().pre_stop);
     install_probes(engine, field, spec, &mut conflicts);
     match spec.engine.adapter {
         EngineAdapter::Vllm => {
@@ -263,10 +243,10 @@ fn mount_shared_volume(engine: &mut Container, field: &str, conflicts: &mut Vec<
 /// An exec hook over the socket rather than an httpGet hook: httpGet goes
 /// through the pod IP, so anyone in the cluster could drain the pod. The
 /// rules reject a user preStop on the engine, so there is none to keep.
-fn install_pre_stop(engine: &mut Container, drain: &DrainSpec) {
+fn install_pre_stop(engine: &mut Container, command: &[String]) {
     engine.lifecycle.get_or_insert_default().pre_stop = Some(LifecycleHandler {
         exec: Some(ExecAction {
-            command: Some(pre_stop_command(drain)),
+            command: Some(command.to_vec()),
         }),
         ..LifecycleHandler::default()
     });

@@ -8,6 +8,7 @@ use quiesce_protocol::contract::SIDECAR_CONTAINER_NAME;
 use super::pod::render_pod_template;
 use super::{RenderConfig, RenderError};
 use crate::api::{InferenceDeployment, InferenceDeploymentSpec};
+use crate::rules::{self, Validated};
 
 /// The smallest valid spec: one engine container.
 pub const MINIMAL: &str = "
@@ -35,8 +36,13 @@ pub fn resource(yaml: &str) -> InferenceDeployment {
     serde_saphyr::from_str(yaml).expect("the fixture is an InferenceDeployment")
 }
 
+/// `spec`, validated: it must pass the rules.
+pub fn validated(spec: &InferenceDeploymentSpec) -> Validated<'_> {
+    rules::validate(spec).unwrap_or_else(|v| panic!("the fixture breaks the rules: {v:?}"))
+}
+
 pub fn try_render_pod(yaml: &str) -> Result<(PodTemplateSpec, Vec<Conflict>), RenderError> {
-    render_pod_template(&spec(yaml), "demo", &RenderConfig::default())
+    render_pod_template(&validated(&spec(yaml)), "demo", &RenderConfig::default())
 }
 
 pub fn render_pod(yaml: &str) -> (PodTemplateSpec, Vec<Conflict>) {

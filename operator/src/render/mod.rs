@@ -39,7 +39,6 @@ pub const DEFAULT_SIDECAR_IMAGE: &str = concat!(
     env!("CARGO_PKG_VERSION")
 );
 
-
 /// Operator-wide settings that shape the rendered objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RenderConfig {
@@ -125,28 +124,30 @@ pub fn render(
     resource: &InferenceDeployment,
     config: &RenderConfig,
 ) -> Result<Rendered, RenderError> {
-    let spec = &resource.spec;
     let owner = Owner::of(resource);
-    let mut invalid = rules::validate(spec).err().unwrap_or_default();
+    let (spec, mut invalid) = match rules::validate(&resource.spec) {
+        Ok(spec) => (Some(spec), Vec::new()),
+        Err(violations) => (None, violations),
+    };
     if owner.is_none() {
         invalid.push(Violation {
             field: "metadata.name".to_owned(),
             message: "is required".to_owned(),
         });
     }
-    let Some(owner) = owner.filter(|_| invalid.is_empty()) else {
+    let (Some(owner), Some(spec)) = (owner, spec) else {
         return Err(RenderError::Invalid(invalid));
     };
-    let unusable_name = check_name(&owner.name, spec);
+    let unusable_name = check_name(&owner.name, &spec);
     if !unusable_name.is_empty() {
         return Err(RenderError::Unrenderable(unusable_name));
     }
 
-    let (template, conflicts) = render_pod_template(spec, &owner.name, config)?;
+    let (template, conflicts) = render_pod_template(&spec, &owner.name, config)?;
     Ok(Rendered {
-        deployment: render_deployment(spec, &owner, template),
-        service: render_service(spec, &owner),
-        pod_disruption_budget: render_pod_disruption_budget(spec, &owner),
+        deployment: render_deployment(&spec, &owner, template),
+        service: render_service(&spec, &owner),
+        pod_disruption_budget: render_pod_disruption_budget(&spec, &owner),
         conflicts,
     })
 }

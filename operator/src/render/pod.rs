@@ -15,14 +15,14 @@ use quiesce_protocol::contract::{
     DEFAULT_SIDECAR_PORT, SHARED_GROUP_ID, SHARED_MOUNT_PATH, SHARED_VOLUME_NAME,
     SIDECAR_CONTAINER_NAME,
 };
-use sha2::{Digest, Sha256};
 
 use super::conflict::{Conflict, RESERVED_ANNOTATION_OVERRIDDEN};
 use super::labels::{overlay_owned_keys, pod_labels};
 use super::sidecar::sidecar_port;
 use super::{RenderConfig, RenderError, engine, sidecar};
-use crate::api::{DrainSpec, InferenceDeploymentSpec};
-use crate::rules::{ENGINE_CONTAINER_PRESENT_MSG, Violation};
+use crate::api::InferenceDeploymentSpec;
+use crate::drain_plan::DrainPlan;
+use crate::rules::{ENGINE_CONTAINER_PRESENT_MSG, Validated, Violation};
 
 /// Size limit of the shared volume (memory-backed: it counts against the
 /// pod's memory).
@@ -35,12 +35,12 @@ pub const GRACE_PERIOD_ANNOTATION: &str = "quiesce.dev/termination-grace-period-
 
 /// Renders the pod template of `spec`'s Deployment for the resource `name`.
 ///
-/// Expects a spec that passed [`crate::rules::validate`]. Returns the
+/// Takes a spec that passed [`crate::rules::validate`]. Returns the
 /// template and the user fields that were kept instead of quiesce's (see
 /// [`Conflict`]); fails when the template clashes with what quiesce injects
 /// so that no valid pod could be made.
 pub fn render_pod_template(
-    spec: &InferenceDeploymentSpec,
+    spec: &Validated<'_>,
     name: &str,
     config: &RenderConfig,
 ) -> Result<(PodTemplateSpec, Vec<Conflict>), RenderError> {
@@ -63,14 +63,14 @@ pub fn render_pod_template(
     );
     inject_sidecar(pod, sidecar::sidecar_container(spec, config));
     pod.volumes.get_or_insert_default().push(shared_volume());
-    pod.termination_grace_period_seconds = Some(spec.drain.termination_grace_period_seconds());
+    pod.termination_grace_period_seconds = Some(spec.drain_plan().grace_period_seconds);
     share_socket_group(pod);
 
     let metadata = template.metadata.get_or_insert_default();
     let (labels, label_conflicts) = pod_labels(metadata.labels.as_ref(), name);
     let (annotations, annotation_conflicts) = overlay_owned_keys(
         metadata.annotations.as_ref(),
-        drain_annotations(&spec.drain),
+        drain_annotations(spec.drain_plan()),
         "spec.template.metadata.annotations",
         RESERVED_ANNOTATION_OVERRIDDEN,
     );
@@ -79,26 +79,6 @@ pub fn render_pod_template(
     conflicts.extend(label_conflicts);
     conflicts.extend(annotation_conflicts);
     Ok((template, conflicts))
-}
-
-/// A stable hash of the drain settings: 16 hex digits of the SHA-256 of a
-/// canonical string. It changes exactly when a drain setting changes, so
-/// such a change rolls the pods and the new settings are visible on them.
-/// (std's `DefaultHasher` may change between Rust releases, which would roll
-/// every pod on an operator upgrade.)
-pub fn drain_hash(drain: &DrainSpec) -> String {
-    let canonical = format!(
-        "propagationSeconds={}\ntimeoutSeconds={}\nabortGraceSeconds={}\nexitMarginSeconds={}\n",
-        drain.propagation_seconds,
-        drain.timeout_seconds,
-        drain.abort_grace_seconds,
-        drain.exit_margin_seconds,
-    );
-    Sha256::digest(canonical.as_bytes())
-        .iter()
-        .take(8)
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
 }
 
 fn engine_missing() -> RenderError {
@@ -251,12 +231,12 @@ fn share_socket_group(pod: &mut PodSpec) {
     }
 }
 
-fn drain_annotations(drain: &DrainSpec) -> BTreeMap<String, String> {
+fn drain_annotations(plan: &DrainPlan) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (DRAIN_HASH_ANNOTATION.to_owned(), drain_hash(drain)),
+        (DRAIN_HASH_ANNOTATION.to_owned(), plan.hash.clone()),
         (
             GRACE_PERIOD_ANNOTATION.to_owned(),
-            drain.termination_grace_period_seconds().to_string(),
+            plan.grace_period_seconds.to_string(),
         ),
     ])
 }
@@ -287,48 +267,16 @@ mod tests {
     }
 
     #[test]
-    fn drain_hash_is_pinned_for_the_defaults() {
-        // A change here rolls every pod of every cluster on an operator
-        // upgrade: only change the canonical string deliberately.
-        assert_eq!(drain_hash(&DrainSpec::default()), "250f02527ecdf4d9");
-    }
-
-    #[test]
-    fn drain_hash_changes_with_each_drain_setting() {
-        let base = DrainSpec::default();
-        let edits: [fn(&mut DrainSpec); 4] = [
-            |d| d.propagation_seconds += 1,
-            |d| d.timeout_seconds += 1,
-            |d| d.abort_grace_seconds += 1,
-            |d| d.exit_margin_seconds += 1,
-        ];
-        for edit in edits {
-            let mut changed = base.clone();
-            edit(&mut changed);
-            assert_ne!(drain_hash(&changed), drain_hash(&base), "{changed:?}");
-        }
-        // Digits cannot slide from one field to the next.
-        let a = DrainSpec {
-            propagation_seconds: 1,
-            timeout_seconds: 23,
-            ..base.clone()
-        };
-        let b = DrainSpec {
-            propagation_seconds: 12,
-            timeout_seconds: 3,
-            ..base
-        };
-        assert_ne!(drain_hash(&a), drain_hash(&b));
-    }
-
-    #[test]
     fn drain_hash_annotation_ignores_everything_but_the_drain() {
         let annotation = |yaml: &str| {
             let (template, _) = render_pod(yaml);
             template.metadata.unwrap().annotations.unwrap()[DRAIN_HASH_ANNOTATION].clone()
         };
         let base = annotation(MINIMAL);
-        assert_eq!(base, drain_hash(&DrainSpec::default()));
+        assert_eq!(
+            base,
+            crate::drain_plan::drain_hash(&crate::api::DrainSpec::default())
+        );
         let others = [
             "replicas: 7\n",
             "engine: {port: 9000, startupTimeoutSeconds: 60}\n",
@@ -361,7 +309,7 @@ template:
         assert_eq!(annotations["prometheus.io/scrape"], "true");
         assert_eq!(
             annotations[DRAIN_HASH_ANNOTATION],
-            drain_hash(&DrainSpec::default())
+            crate::drain_plan::drain_hash(&crate::api::DrainSpec::default())
         );
         assert_eq!(reasons(&conflicts), [RESERVED_ANNOTATION_OVERRIDDEN]);
     }
@@ -619,14 +567,5 @@ template:
         )
         .unwrap_err();
         assert_eq!(error.violations().len(), 3, "{error}");
-    }
-
-    #[test]
-    fn a_template_without_the_engine_is_invalid() {
-        let error =
-            try_render_pod("template:\n  spec:\n    containers:\n    - name: other\n").unwrap_err();
-        assert!(matches!(error, RenderError::Invalid(_)));
-        let error = try_render_pod("template: {}\n").unwrap_err();
-        assert!(matches!(error, RenderError::Invalid(_)));
     }
 }

@@ -282,7 +282,8 @@ mod tests {
         let config = RenderConfig {
             sidecar_image: "registry.local/quiesce-sidecar:dev".to_owned(),
         };
-        let (template, _) = render_pod_template(&spec(MINIMAL), "demo", &config).unwrap();
+        let (template, _) =
+            render_pod_template(&validated(&spec(MINIMAL)), "demo", &config).unwrap();
         assert_eq!(
             sidecar(&template).image.as_deref(),
             Some("registry.local/quiesce-sidecar:dev")
@@ -295,7 +296,8 @@ mod tests {
   resources: {{requests: {{cpu: 50m}}}}
 "
         );
-        let (template, _) = render_pod_template(&spec(&custom), "demo", &config).unwrap();
+        let (template, _) =
+            render_pod_template(&validated(&spec(&custom)), "demo", &config).unwrap();
         let sidecar = sidecar(&template);
         assert_eq!(sidecar.image.as_deref(), Some("mine:1"));
         assert!(
