@@ -15,7 +15,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use quiesce_operator::api::ScaleInPolicy;
+use quiesce_api::ScaleInPolicy;
 use serde::Serialize;
 
 use crate::client::Classified;

@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use quiesce_operator::api::ScaleInPolicy;
+use quiesce_api::ScaleInPolicy;
 use quiesce_operator::controller::scale_in::{
     Candidate, idlest_first, list, read_load, read_loads,
 };

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use quiesce_operator::api::InferenceDeploymentSpec;
-use quiesce_operator::render::{RenderConfig, render_pod_template};
+use quiesce_api::InferenceDeploymentSpec;
+use quiesce_api::render::{RenderConfig, render_pod_template};
 use serde_json::json;
 
 use crate::balancer::{BalancerConfig, Policy};
@@ -293,7 +293,7 @@ impl Scenario {
     /// builder, with nothing of the user's overridden.
     fn rendered(&self) -> Result<PodTemplateSpec, String> {
         let spec = self.inference_deployment()?;
-        let spec = quiesce_operator::rules::validate(&spec).map_err(|violations| {
+        let spec = quiesce_api::rules::validate(&spec).map_err(|violations| {
             let list: Vec<String> = violations.iter().map(ToString::to_string).collect();
             format!(
                 "the demo's InferenceDeployment is invalid: {}",
@@ -381,7 +381,7 @@ mod tests {
     fn images() -> Images {
         Images::new()
             .with(
-                quiesce_operator::render::DEFAULT_SIDECAR_IMAGE,
+                quiesce_api::render::DEFAULT_SIDECAR_IMAGE,
                 "/bin/quiesce-sidecar",
             )
             .with(ENGINE_IMAGE, "/bin/quiesce-engine")

@@ -737,7 +737,7 @@ mod tests {
     fn a_scale_in_gets_a_lane_of_its_own_marked_at_the_scale() {
         let t0 = Instant::now();
         let mut scale_in = run(Strategy::Quiesce, t0);
-        scale_in.scale_in = Some(quiesce_operator::api::ScaleInPolicy::IdleFirst);
+        scale_in.scale_in = Some(quiesce_api::ScaleInPolicy::IdleFirst);
         let runs = vec![run(Strategy::Quiesce, t0), scale_in];
         let summaries: Vec<_> = runs.iter().map(summarize).collect();
         let svg = render(&runs, &summaries, "");

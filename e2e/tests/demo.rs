@@ -160,8 +160,8 @@ async fn stock_aborts_in_flight_requests_and_fails_those_routed_to_a_dead_pod() 
 /// propagation delay, and every stream completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_first_removes_the_idle_pod_and_default_a_busy_one() {
+    use quiesce_api::ScaleInPolicy;
     use quiesce_e2e::scale_in;
-    use quiesce_operator::api::ScaleInPolicy;
 
     let scenario = scenario(3, "1:50-50", 0.0);
     let images = project_images();

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use quiesce_operator::api::InferenceDeployment;
-use quiesce_operator::limits::AUTOSCALER_GRACE_PERIOD_SECONDS;
-use quiesce_operator::render::{self, DEFAULT_SIDECAR_IMAGE, RenderConfig};
-use quiesce_operator::{crd, rules};
+use quiesce_api::InferenceDeployment;
+use quiesce_api::limits::AUTOSCALER_GRACE_PERIOD_SECONDS;
+use quiesce_api::render::{self, DEFAULT_SIDECAR_IMAGE, RenderConfig};
+use quiesce_api::{crd, rules};
 
 #[derive(Parser)]
 #[command(version, about = "Drain-aware InferenceDeployments for Kubernetes")]

@@ -14,9 +14,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::api::ScaleInPolicy;
 use crate::controller::scale_in::Outcome;
-use crate::reason::Reason;
+use quiesce_api::ScaleInPolicy;
+use quiesce_api::reason::Reason;
 
 /// How a reconcile ended.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use quiesce_operator::crd;
+use quiesce_api::crd;
 
 fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
@@ -47,7 +47,7 @@ fn render_prints_exactly_the_golden_objects() {
     let output = operator(&["render", "-f", "examples/minimal.yaml"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert_eq!(text(&output.stderr), "");
-    let golden = std::fs::read_to_string(repo_root().join("operator/tests/golden/minimal.yaml"));
+    let golden = std::fs::read_to_string(repo_root().join("api/tests/golden/minimal.yaml"));
     assert_eq!(text(&output.stdout), golden.unwrap());
 }
 

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use quiesce_operator::api::{DrainSpec, InferenceDeployment};
+use quiesce_api::{DrainSpec, InferenceDeployment};
 use serde_json::{Value, json};
 
 use super::Images;

@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Client, Resource};
-use quiesce_operator::api::InferenceDeployment;
+use quiesce_api::InferenceDeployment;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

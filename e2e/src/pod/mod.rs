@@ -79,10 +79,7 @@ const STUCK_AFTER: Duration = Duration::from_secs(10);
 /// image the operator renders by default, and [`ENGINE_IMAGE`].
 pub fn project_images() -> Images {
     Images::new()
-        .with(
-            quiesce_operator::render::DEFAULT_SIDECAR_IMAGE,
-            bins::sidecar(),
-        )
+        .with(quiesce_api::render::DEFAULT_SIDECAR_IMAGE, bins::sidecar())
         .with(ENGINE_IMAGE, bins::engine())
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kube::runtime::reflector::ObjectRef;
 
-use crate::api::InferenceDeployment;
+use quiesce_api::InferenceDeployment;
 
 /// Delay after the first failure.
 pub const INITIAL_DELAY: Duration = Duration::from_secs(5);

@@ -1,6 +1,6 @@
 //! Why a reconcile failed, with what to do about it.
 
-use crate::reason::Reason;
+use quiesce_api::reason::Reason;
 
 use super::plan::NotOwned;
 

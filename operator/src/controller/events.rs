@@ -12,8 +12,8 @@ use kube::runtime::events::{Event, EventType};
 use super::plan::DrainChange;
 use super::scale_in::{Outcome, PodLoad, list};
 use super::status::truncate;
-use crate::api::ScaleInPolicy;
-use crate::reason::Reason;
+use quiesce_api::ScaleInPolicy;
+use quiesce_api::reason::Reason;
 
 /// Normal event: the pods' drain settings (and so their grace period)
 /// changed; the Deployment rolls the pods.

@@ -20,9 +20,9 @@ use tower_test::mock::{self, Handle, SendResponse};
 
 use super::Context;
 use super::plan::{self, Existing, Step};
-use crate::api::{InferenceDeployment, InferenceDeploymentStatus};
 use crate::metrics::Metrics;
-use crate::render::{RenderConfig, render};
+use quiesce_api::render::{RenderConfig, render};
+use quiesce_api::{InferenceDeployment, InferenceDeploymentStatus};
 
 pub const NAMESPACE: &str = "ml";
 pub const NAME: &str = "demo";

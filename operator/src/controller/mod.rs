@@ -57,11 +57,11 @@ use tracing::{debug, info, warn};
 pub use self::error::{Error, describe};
 use self::plan::{Existing, Plan, Step};
 use self::status::{DEGRADED, Observed, Problem, desired_status, find_condition};
-use crate::api::{InferenceDeployment, InferenceDeploymentStatus, ScaleInPolicy};
 use crate::metrics::{Metrics, ReconcileResult};
-use crate::reason::Reason;
-use crate::render::labels::{MANAGED_BY, MANAGED_BY_LABEL, SELECTOR_LABEL};
-use crate::render::{self, Conflict, RenderConfig};
+use quiesce_api::reason::Reason;
+use quiesce_api::render::labels::{MANAGED_BY, MANAGED_BY_LABEL, SELECTOR_LABEL};
+use quiesce_api::render::{self, Conflict, RenderConfig};
+use quiesce_api::{InferenceDeployment, InferenceDeploymentStatus, ScaleInPolicy};
 
 /// The one field manager of every write, objects and status alike.
 pub const FIELD_MANAGER: &str = "quiesce-operator";

@@ -22,8 +22,8 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::render::Rendered;
-use crate::render::pod::DRAIN_HASH_ANNOTATION;
+use quiesce_api::render::Rendered;
+use quiesce_api::render::pod::DRAIN_HASH_ANNOTATION;
 
 /// Annotation on each applied object: 16 hex digits of the SHA-256 of the
 /// object as rendered, before this annotation was added.
@@ -294,8 +294,8 @@ fn drain_change(existing: Option<&Deployment>, desired: &Deployment) -> Option<D
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::InferenceDeployment;
-    use crate::render::{RenderConfig, render};
+    use quiesce_api::InferenceDeployment;
+    use quiesce_api::render::{RenderConfig, render};
 
     fn resource(extra_spec: &str) -> InferenceDeployment {
         serde_saphyr::from_str(&format!(

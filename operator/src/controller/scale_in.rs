@@ -31,7 +31,7 @@ use quiesce_protocol::{LoadReport, MAX_LOAD_REPORT_LEN, Work};
 use serde_json::json;
 use tokio::net::TcpStream;
 
-use crate::render::labels::selector_string;
+use quiesce_api::render::labels::selector_string;
 
 /// The annotation the ReplicaSet controller orders Ready pods by.
 pub const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";

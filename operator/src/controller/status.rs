@@ -16,11 +16,11 @@
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::{InferenceDeployment, InferenceDeploymentStatus};
-use crate::limits::AUTOSCALER_GRACE_PERIOD_SECONDS;
-use crate::reason::Reason;
-use crate::render::labels::selector_string;
-use crate::render::{Conflict, RenderError};
+use quiesce_api::limits::AUTOSCALER_GRACE_PERIOD_SECONDS;
+use quiesce_api::reason::Reason;
+use quiesce_api::render::labels::selector_string;
+use quiesce_api::render::{Conflict, RenderError};
+use quiesce_api::{InferenceDeployment, InferenceDeploymentStatus};
 
 /// Condition type: the pods run the current template and are available.
 pub const READY: &str = "Ready";
@@ -428,7 +428,7 @@ mod tests {
     use k8s_openapi::jiff::Timestamp;
 
     use super::*;
-    use crate::render::conflict::ENGINE_READINESS_PROBE_KEPT;
+    use quiesce_api::render::conflict::ENGINE_READINESS_PROBE_KEPT;
 
     fn resource(status: Option<InferenceDeploymentStatus>) -> InferenceDeployment {
         let mut resource: InferenceDeployment = serde_json::from_value(serde_json::json!({

@@ -13,9 +13,9 @@ use super::fixtures::*;
 use super::plan::Existing;
 use super::status::{DEGRADED, PROGRESSING, READY, find_condition};
 use super::{Context, Error, error_policy, reconcile, scale_in};
-use crate::api::{InferenceDeployment, InferenceDeploymentStatus, ScaleInPolicy};
 use crate::metrics::ReconcileResult;
-use crate::reason::Reason;
+use quiesce_api::reason::Reason;
+use quiesce_api::{InferenceDeployment, InferenceDeploymentStatus, ScaleInPolicy};
 
 /// A context on a mock API server that plays one scenario per reconcile.
 struct Harness {

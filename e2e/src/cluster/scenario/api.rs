@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure as check};
-use quiesce_operator::api::{
+use quiesce_api::{
     DisruptionBudgetSpec, DrainSpec, EngineSpec, InferenceDeploymentSpec, RolloutStrategy,
     ServiceSpec,
 };
-use quiesce_operator::{crd, rules};
+use quiesce_api::{crd, rules};
 use serde_json::{Value, json};
 
 use crate::cluster::report::Figures;
@@ -378,7 +378,7 @@ async fn defaults(suite: &Suite) -> anyhow::Result<()> {
     }
     // And the whole defaulted spec is one the operator accepts as it is.
     let spec: InferenceDeploymentSpec = serde_json::from_value(spec.clone())?;
-    quiesce_operator::rules::validate(&spec)
+    quiesce_api::rules::validate(&spec)
         .map_err(|v| anyhow::anyhow!("the defaulted spec is invalid for the operator: {v:?}"))?;
     Ok(())
 }
@@ -428,7 +428,7 @@ async fn columns(suite: &Suite) -> anyhow::Result<String> {
             Some(&resource.to_string()),
         )
         .await?;
-    let api = suite.api::<quiesce_operator::api::InferenceDeployment>(NAMESPACE);
+    let api = suite.api::<quiesce_api::InferenceDeployment>(NAMESPACE);
     wait_for(
         &api,
         "columns",

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure as check};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::{Api, DeleteParams};
-use quiesce_operator::api::InferenceDeployment;
-use quiesce_operator::render::labels::SELECTOR_LABEL;
+use quiesce_api::InferenceDeployment;
+use quiesce_api::render::labels::SELECTOR_LABEL;
 use quiesce_protocol::contract::{
     DRAIN_CLIENT_PATH, SHARED_GROUP_ID, SIDECAR_CONTAINER_NAME, SIDECAR_USER_ID,
 };

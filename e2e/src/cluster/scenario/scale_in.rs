@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure as check};
 use kube::api::Api;
-use quiesce_operator::api::{DrainSpec, InferenceDeployment, ScaleInPolicy};
-use quiesce_operator::render::labels::SELECTOR_LABEL;
+use quiesce_api::render::labels::SELECTOR_LABEL;
+use quiesce_api::{DrainSpec, InferenceDeployment, ScaleInPolicy};
 use quiesce_protocol::contract::{DEFAULT_SIDECAR_PORT, SIDECAR_CONTAINER_NAME};
 use tokio::task::JoinHandle;
 

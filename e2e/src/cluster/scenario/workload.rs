@@ -9,8 +9,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams};
-use quiesce_operator::api::InferenceDeployment;
-use quiesce_operator::render::labels::SELECTOR_LABEL;
+use quiesce_api::InferenceDeployment;
+use quiesce_api::render::labels::SELECTOR_LABEL;
 use quiesce_protocol::contract::SIDECAR_CONTAINER_NAME;
 use serde_json::json;
 

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
-use quiesce_operator::api::InferenceDeployment;
-use quiesce_operator::render::labels::selector_labels;
-use quiesce_operator::render::{RenderConfig, Rendered, render};
+use quiesce_api::InferenceDeployment;
+use quiesce_api::render::labels::selector_labels;
+use quiesce_api::render::{RenderConfig, Rendered, render};
 use quiesce_protocol::contract::{SHARED_VOLUME_NAME, SIDECAR_CONTAINER_NAME};
 use serde_json::{Map, Value};
 

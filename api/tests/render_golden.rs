@@ -1,20 +1,20 @@
 //! Golden files: what `quiesce-operator render -f examples/NAME.yaml` prints
-//! is committed as `operator/tests/golden/NAME.yaml`, so that every change to
+//! is committed as `api/tests/golden/NAME.yaml`, so that every change to
 //! the rendered objects shows up in review as a diff of real YAML.
 //!
 //! After an intended change, regenerate them with
 //!
 //! ```sh
-//! UPDATE_GOLDEN=1 cargo test -p quiesce-operator --test render_golden
+//! UPDATE_GOLDEN=1 cargo test -p quiesce-api --test render_golden
 //! ```
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use quiesce_operator::api::InferenceDeployment;
-use quiesce_operator::render::{RenderConfig, render};
+use quiesce_api::InferenceDeployment;
+use quiesce_api::render::{RenderConfig, render};
 
-const UPDATE_COMMAND: &str = "UPDATE_GOLDEN=1 cargo test -p quiesce-operator --test render_golden";
+const UPDATE_COMMAND: &str = "UPDATE_GOLDEN=1 cargo test -p quiesce-api --test render_golden";
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

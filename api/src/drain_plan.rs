@@ -6,7 +6,7 @@
 use quiesce_protocol::contract::{DRAIN_CLIENT_PATH, SOCKET_PATH};
 use sha2::{Digest, Sha256};
 
-use crate::api::DrainSpec;
+use crate::DrainSpec;
 
 /// The drain of a resource's pods, as rendered.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -28,9 +28,9 @@ use self::labels::MAX_LABEL_VALUE_LEN;
 pub use self::owner::Owner;
 pub use self::pod::render_pod_template;
 pub use self::service::render_service;
-use crate::api::{InferenceDeployment, InferenceDeploymentSpec};
 use crate::reason::Reason;
 use crate::rules::{self, Violation};
+use crate::{InferenceDeployment, InferenceDeploymentSpec};
 
 /// The sidecar image of this operator release, the default of its
 /// `--sidecar-image` flag.

@@ -4,9 +4,9 @@
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::{EngineAdapter, InferenceDeploymentSpec};
 use crate::drain_plan::DrainPlan;
 use crate::limits::{self, Bound, MAX_CONTAINER_NAME_LEN, MAX_CONTAINERS, MAX_HTTP_PATH_LEN};
+use crate::{EngineAdapter, InferenceDeploymentSpec};
 
 /// Root rule: the template contains the engine container.
 pub const ENGINE_CONTAINER_PRESENT: &str = "has(self.spec.template.spec) && self.spec.template.spec.containers.exists(c, c.name == self.spec.engine.containerName)";

@@ -4,7 +4,7 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 
 use super::labels::{Component, label_selector};
 use super::owner::Owner;
-use crate::api::InferenceDeploymentSpec;
+use crate::InferenceDeploymentSpec;
 
 /// `unhealthyPodEvictionPolicy` of the budget.
 ///

@@ -20,8 +20,8 @@ use quiesce_protocol::contract::{
 };
 
 use super::sidecar::{http_probe, sidecar_port};
-use crate::api::{DrainSpec, EngineAdapter, EngineSpec, InferenceDeploymentSpec};
 use crate::rules::Validated;
+use crate::{DrainSpec, EngineAdapter, EngineSpec, InferenceDeploymentSpec};
 
 /// vLLM's flag that serves `/load`: HTTP requests in flight until their
 /// answer is fully sent, which its gauges do not count.

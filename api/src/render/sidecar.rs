@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::RenderConfig;
-use crate::api::{EngineAdapter, EngineSpec, InferenceDeploymentSpec, SidecarSpec};
+use crate::{EngineAdapter, EngineSpec, InferenceDeploymentSpec, SidecarSpec};
 use quiesce_protocol::contract::{
     DEFAULT_HEALTH_PATH, DEFAULT_METRICS_PATH, DEFAULT_SIDECAR_PORT, INSTALL_DIR, LIVE_PATH,
     SHARED_MOUNT_PATH, SHARED_VOLUME_NAME, SIDECAR_CONTAINER_NAME, SIDECAR_PORT_NAME,

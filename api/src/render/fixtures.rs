@@ -7,8 +7,8 @@ use quiesce_protocol::contract::SIDECAR_CONTAINER_NAME;
 
 use super::pod::render_pod_template;
 use super::{RenderConfig, RenderError};
-use crate::api::{InferenceDeployment, InferenceDeploymentSpec};
 use crate::rules::{self, Validated};
+use crate::{InferenceDeployment, InferenceDeploymentSpec};
 
 /// The smallest valid spec: one engine container.
 pub const MINIMAL: &str = "

@@ -20,7 +20,7 @@ use super::conflict::{Conflict, RESERVED_ANNOTATION_OVERRIDDEN};
 use super::labels::{overlay_owned_keys, pod_labels};
 use super::sidecar::sidecar_port;
 use super::{RenderConfig, RenderError, engine, sidecar};
-use crate::api::InferenceDeploymentSpec;
+use crate::InferenceDeploymentSpec;
 use crate::drain_plan::DrainPlan;
 use crate::rules::{ENGINE_CONTAINER_PRESENT_MSG, Validated, Violation};
 
@@ -275,7 +275,7 @@ mod tests {
         let base = annotation(MINIMAL);
         assert_eq!(
             base,
-            crate::drain_plan::drain_hash(&crate::api::DrainSpec::default())
+            crate::drain_plan::drain_hash(&crate::DrainSpec::default())
         );
         let others = [
             "replicas: 7\n",
@@ -309,7 +309,7 @@ template:
         assert_eq!(annotations["prometheus.io/scrape"], "true");
         assert_eq!(
             annotations[DRAIN_HASH_ANNOTATION],
-            crate::drain_plan::drain_hash(&crate::api::DrainSpec::default())
+            crate::drain_plan::drain_hash(&crate::DrainSpec::default())
         );
         assert_eq!(reasons(&conflicts), [RESERVED_ANNOTATION_OVERRIDDEN]);
     }

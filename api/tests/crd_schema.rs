@@ -9,8 +9,8 @@ use std::sync::LazyLock;
 use kube::core::cel::cel::Program;
 use kube::core::cel::cel::common::ast::Expr;
 use kube::core::cel::{Validator, apply_defaults};
-use quiesce_operator::api::{InferenceDeployment, InferenceDeploymentSpec};
-use quiesce_operator::{crd, rules};
+use quiesce_api::{InferenceDeployment, InferenceDeploymentSpec};
+use quiesce_api::{crd, rules};
 use serde_json::{Value, json};
 
 fn repo_root() -> &'static Path {
@@ -580,7 +580,7 @@ mod generated {
     //! around every bound: both accept a resource, or both refuse it.
 
     use proptest::prelude::*;
-    use quiesce_operator::limits::{self, Bound};
+    use quiesce_api::limits::{self, Bound};
     use serde_json::{Value, json};
 
     /// Values at, beside and between a bound's ends, inside most often.

@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource;
 
 use super::labels::{Component, object_labels};
-use crate::api::InferenceDeployment;
+use crate::InferenceDeployment;
 
 /// Name, namespace and owner reference of the InferenceDeployment whose
 /// objects are rendered.

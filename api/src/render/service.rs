@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::labels::{Component, selector_labels};
 use super::owner::Owner;
-use crate::api::{InferenceDeploymentSpec, ServiceType};
+use crate::{InferenceDeploymentSpec, ServiceType};
 
 /// Name of the Service's only port.
 pub const SERVICE_PORT_NAME: &str = "http";
