@@ -2,13 +2,13 @@
 //! as the operator renders them, locally, and on a cluster when one is
 //! reachable.
 //!
-//! The local comparison (`quiesce-demo`, docs/demo.md) is built from:
-//! [`pod`] (a local kubelet), [`balancer`] (a readiness-aware load balancer
-//! with an endpoint propagation delay), [`load`] (verified streaming load),
-//! [`rollout`] (the Deployment controller's rolling update),
-//! [`strategy`] (the three pod templates), [`comparison`] (running them),
-//! [`scale_in`] (which pod a scale-in removes, by policy),
-//! [`report`] (the table and JSON) and [`timeline`] (the picture).
+//! Locally: [`pod`] (a kubelet: the pod runner and its events),
+//! [`balancer`] (a readiness-aware load balancer with an endpoint
+//! propagation delay), [`load`] (verified streaming load and the ideal
+//! termination of a pod), [`rollout`] (the Deployment controller's rolling
+//! update), [`client`] (how each request ended), [`pair`] and
+//! [`stock_pod`] (the smallest real pods, for drain tests and benchmarks).
+//! The demo (crate `quiesce-demo`) is built on them.
 //!
 //! The cluster suite (`quiesce-cluster`, docs/e2e.md) is [`cluster`]: the
 //! same engine, load and yardsticks on a real Kubernetes.
@@ -16,13 +16,8 @@
 pub mod balancer;
 pub mod client;
 pub mod cluster;
-pub mod comparison;
 pub mod load;
 pub mod pair;
 pub mod pod;
-pub mod report;
 pub mod rollout;
-pub mod scale_in;
 pub mod stock_pod;
-pub mod strategy;
-pub mod timeline;

@@ -12,6 +12,8 @@ use quiesce_testkit::bins;
 use quiesce_testkit::http::{self, get_status, wait_for_status};
 use quiesce_testkit::process::Process;
 
+use quiesce_operator::controller::scale_in::read_load;
+
 use crate::client::{Ask, Finished, complete};
 
 pub use quiesce_testkit::PROMPT;
@@ -213,4 +215,26 @@ pub async fn status_json(addr: SocketAddr) -> serde_json::Value {
         .await
         .unwrap_or_else(|e| panic!("GET /status: {e}"))
         .json()
+}
+
+/// Waits (at most `within`) until the sidecar at `addr` reports
+/// `in_flight` requests: what the operator's scale-in would read.
+pub async fn load_reaches(
+    addr: SocketAddr,
+    in_flight: u32,
+    within: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let load = read_load(addr, Duration::from_secs(1)).await;
+        if load.as_ref().is_ok_and(|w| w.in_flight == in_flight) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "its sidecar never reported {in_flight} in flight: {load:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

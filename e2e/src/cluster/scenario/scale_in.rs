@@ -24,7 +24,7 @@ use crate::cluster::pods::{PodRecord, PodWatch, is_ready};
 use crate::cluster::report::{Figures, seconds};
 use crate::cluster::{Suite, wait_for};
 use crate::load::{Load, LoadConfig};
-use crate::scale_in::load_reaches;
+use crate::pair::load_reaches;
 
 const NAMESPACE: &str = "qe2e-scale-in";
 const NAME: &str = "pick";

@@ -20,7 +20,7 @@ use crate::cluster::pods::{PodRecord, PodWatch, is_ready};
 use crate::cluster::report::{Figures, seconds};
 use crate::cluster::{RELEASE_NAMESPACE, Suite, wait_for};
 use crate::load::{Counts, RequestRecord};
-use crate::report::{ideal_termination, natural_end};
+use crate::load::{ideal_termination, natural_end};
 
 /// Namespace of the shared workload.
 pub const NAMESPACE: &str = "qe2e";
@@ -136,7 +136,7 @@ pub fn nothing_lost(records: &[RequestRecord], during: &str) -> anyhow::Result<(
     Ok(())
 }
 
-/// The ideal termination of a removed pod (report::ideal_termination):
+/// The ideal termination of a removed pod (load::ideal_termination):
 /// the propagation delay plus the longest rest of the requests it had
 /// admitted by then.
 pub fn ideal(

@@ -12,10 +12,10 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use crate::client::Classified;
 use crate::comparison::StrategyRun;
-use crate::pod::{PodEvent, PodReport};
 use crate::report::{StrategySummary, short_name};
+use quiesce_e2e::client::Classified;
+use quiesce_e2e::pod::{PodEvent, PodReport};
 
 const WIDTH: f64 = 1400.0;
 const LEFT: f64 = 90.0;
@@ -600,9 +600,9 @@ fn draw_legend(svg: &mut String, y: f64, max_in_flight: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::RequestRecord;
     use crate::report::summarize;
     use crate::strategy::Strategy;
+    use quiesce_e2e::load::RequestRecord;
     use std::time::Duration;
 
     fn pod(name: &str, t0: Instant, events: &[(f64, PodEvent)]) -> PodReport {

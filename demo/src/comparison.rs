@@ -17,12 +17,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::balancer::Balancer;
-use crate::load::{Load, RequestRecord};
-use crate::pod::plan::Images;
-use crate::pod::{EventSink, LocalPod, PodEventRecord, PodReport};
-use crate::rollout::{self, RolloutSpec};
 use crate::strategy::{ENGINE_PORT, Scenario, Strategy};
+use quiesce_e2e::balancer::Balancer;
+use quiesce_e2e::load::{Load, RequestRecord};
+use quiesce_e2e::pod::plan::Images;
+use quiesce_e2e::pod::{EventSink, LocalPod, PodEventRecord, PodReport};
+use quiesce_e2e::rollout::{self, RolloutSpec};
 
 /// How long pods may take to become ready: the rendered startup probe
 /// checks every 10 s.

@@ -9,12 +9,12 @@
 
 use std::time::Duration;
 
+use quiesce_demo::comparison::{self, StrategyRun};
+use quiesce_demo::report::summarize;
+use quiesce_demo::strategy::{Scenario, Strategy};
 use quiesce_e2e::client::Classified;
-use quiesce_e2e::comparison::{self, StrategyRun};
 use quiesce_e2e::load::{Counts, LoadConfig};
 use quiesce_e2e::pod::{PodEvent, project_images};
-use quiesce_e2e::report::summarize;
-use quiesce_e2e::strategy::{Scenario, Strategy};
 
 /// A small, quick world: 20 ms tokens, requests of 0.2 to 2.4 s, a 1 s
 /// propagation delay.
@@ -161,7 +161,7 @@ async fn stock_aborts_in_flight_requests_and_fails_those_routed_to_a_dead_pod() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_first_removes_the_idle_pod_and_default_a_busy_one() {
     use quiesce_api::ScaleInPolicy;
-    use quiesce_e2e::scale_in;
+    use quiesce_demo::scale_in;
 
     let scenario = scenario(3, "1:50-50", 0.0);
     let images = project_images();

@@ -10,23 +10,21 @@
 //! - `IdleFirst`: the operator's rule: it reads every sidecar's `GET /load`
 //!   (the same function the operator calls) and removes the idlest.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use quiesce_api::ScaleInPolicy;
-use quiesce_operator::controller::scale_in::{
-    Candidate, idlest_first, list, read_load, read_loads,
-};
+use quiesce_operator::controller::scale_in::{Candidate, idlest_first, list, read_loads};
 use quiesce_protocol::contract::DEFAULT_SIDECAR_PORT;
 use tokio::task::JoinHandle;
 
-use crate::client::{Ask, Finished, complete};
 use crate::comparison::{HarnessError, ProgressSink, StrategyRun, note, pod_problems, pod_sink};
-use crate::load::RequestRecord;
-use crate::pod::LocalPod;
-use crate::pod::plan::Images;
-use crate::rollout::pick_victim;
 use crate::strategy::{ENGINE_PORT, Scenario, Strategy};
+use quiesce_e2e::client::{Ask, Finished, complete};
+use quiesce_e2e::load::RequestRecord;
+use quiesce_e2e::pair::load_reaches;
+use quiesce_e2e::pod::LocalPod;
+use quiesce_e2e::pod::plan::Images;
+use quiesce_e2e::rollout::pick_victim;
 
 /// The policies the demo compares, in the order they run.
 pub const POLICIES: [ScaleInPolicy; 2] = [ScaleInPolicy::Default, ScaleInPolicy::IdleFirst];
@@ -219,28 +217,6 @@ pub async fn run(
         new: kept,
         requests,
     })
-}
-
-/// Waits (at most `within`) until the sidecar at `addr` reports
-/// `in_flight` requests: what the operator's scale-in would read.
-pub async fn load_reaches(
-    addr: SocketAddr,
-    in_flight: u32,
-    within: Duration,
-) -> Result<(), String> {
-    let deadline = Instant::now() + within;
-    loop {
-        let load = read_load(addr, Duration::from_secs(1)).await;
-        if load.as_ref().is_ok_and(|w| w.in_flight == in_flight) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "its sidecar never reported {in_flight} in flight: {load:?}"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Deletes `pods` and returns `message` as the run's error, with the pods'

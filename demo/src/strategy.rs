@@ -23,9 +23,9 @@ use quiesce_api::InferenceDeploymentSpec;
 use quiesce_api::render::{RenderConfig, render_pod_template};
 use serde_json::json;
 
-use crate::balancer::{BalancerConfig, Policy};
-use crate::load::LoadConfig;
-use crate::pod::ENGINE_IMAGE;
+use quiesce_e2e::balancer::{BalancerConfig, Policy};
+use quiesce_e2e::load::LoadConfig;
+use quiesce_e2e::pod::ENGINE_IMAGE;
 
 /// The engine's container port.
 pub const ENGINE_PORT: i32 = 8000;
@@ -375,7 +375,7 @@ pub fn seconds(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pod::plan::{Images, PortMap, plan_pod, pod_ports};
+    use quiesce_e2e::pod::plan::{Images, PortMap, plan_pod, pod_ports};
     use std::path::Path;
 
     fn images() -> Images {

@@ -13,46 +13,14 @@
 //! sooner lost requests, one that stops later wasted time.
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quiesce_api::ScaleInPolicy;
 use serde::Serialize;
 
-use crate::client::Classified;
 use crate::comparison::StrategyRun;
-use crate::load::{Counts, RequestRecord};
-use crate::pod::PodEvent;
-
-/// The ideal termination time of a pod deleted at `deleted`, given the
-/// `(start, natural end)` of the requests that reached it.
-pub fn ideal_termination(
-    propagation: Duration,
-    deleted: Instant,
-    work: impl IntoIterator<Item = (Instant, Instant)>,
-) -> Duration {
-    let admission_end = deleted + propagation;
-    let tail = work
-        .into_iter()
-        .filter(|(start, _)| *start <= admission_end)
-        .map(|(_, end)| end.saturating_duration_since(admission_end))
-        .max()
-        .unwrap_or_default();
-    propagation + tail
-}
-
-/// When a request that reached a pod would have ended, had nothing
-/// interrupted it; `None` if it did no work on any pod (rejected, or
-/// refused by a dead pod).
-pub fn natural_end(record: &RequestRecord, token_interval: Duration) -> Option<Instant> {
-    match &record.outcome {
-        Classified::Completed { .. } => Some(record.ended),
-        Classified::Rejected => None,
-        Classified::Failed(_) if record.proxy_error.is_some() => None,
-        Classified::Aborted { .. } | Classified::Failed(_) => {
-            Some(record.started + token_interval * record.max_tokens)
-        }
-    }
-}
+use quiesce_e2e::load::{Counts, RequestRecord, ideal_termination, natural_end};
+use quiesce_e2e::pod::PodEvent;
 
 /// A replaced pod.
 #[derive(Clone, Debug, Serialize)]
@@ -147,7 +115,7 @@ pub fn summarize(run: &StrategyRun) -> StrategySummary {
         refused: run
             .requests
             .iter()
-            .filter(|r| r.proxy_error.as_deref() == Some(crate::balancer::CONNECT_ERROR))
+            .filter(|r| r.proxy_error.as_deref() == Some(quiesce_e2e::balancer::CONNECT_ERROR))
             .count(),
         rollout_seconds: secs(run.old_gone.saturating_duration_since(match run.scale_in {
             Some(_) => run.load_stopped,
@@ -273,6 +241,10 @@ fn rollout_table(summaries: &[StrategySummary]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
+    use quiesce_e2e::client::Classified;
+
     use super::*;
 
     #[test]

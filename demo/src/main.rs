@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use quiesce_demo::comparison::{self, Progress};
+use quiesce_demo::report::{self, Report};
+use quiesce_demo::strategy::{DEFAULT_LENGTHS, FixedSleepRecipe, Scenario, Strategy, seconds};
+use quiesce_demo::{scale_in, timeline};
 use quiesce_e2e::balancer::Policy;
-use quiesce_e2e::comparison::{self, Progress};
 use quiesce_e2e::load::{LengthMix, LoadConfig};
 use quiesce_e2e::pod::{PodEvent, project_images};
-use quiesce_e2e::report::{self, Report};
-use quiesce_e2e::strategy::{DEFAULT_LENGTHS, FixedSleepRecipe, Scenario, Strategy, seconds};
-use quiesce_e2e::{scale_in, timeline};
 use quiesce_testkit::bins;
 
 /// Rolling restart of an inference deployment under streaming load, with
