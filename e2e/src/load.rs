@@ -443,6 +443,37 @@ async fn open_loop(
     }
 }
 
+/// The ideal termination time of a pod deleted at `deleted`, given the
+/// `(start, natural end)` of the requests that reached it.
+pub fn ideal_termination(
+    propagation: Duration,
+    deleted: Instant,
+    work: impl IntoIterator<Item = (Instant, Instant)>,
+) -> Duration {
+    let admission_end = deleted + propagation;
+    let tail = work
+        .into_iter()
+        .filter(|(start, _)| *start <= admission_end)
+        .map(|(_, end)| end.saturating_duration_since(admission_end))
+        .max()
+        .unwrap_or_default();
+    propagation + tail
+}
+
+/// When a request that reached a pod would have ended, had nothing
+/// interrupted it; `None` if it did no work on any pod (rejected, or
+/// refused by a dead pod).
+pub fn natural_end(record: &RequestRecord, token_interval: Duration) -> Option<Instant> {
+    match &record.outcome {
+        Classified::Completed { .. } => Some(record.ended),
+        Classified::Rejected => None,
+        Classified::Failed(_) if record.proxy_error.is_some() => None,
+        Classified::Aborted { .. } | Classified::Failed(_) => {
+            Some(record.started + token_interval * record.max_tokens)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,36 +506,5 @@ mod tests {
             .sum::<f64>()
             / 20_000.0;
         assert!((0.23..0.27).contains(&mean), "mean gap {mean}");
-    }
-}
-
-/// The ideal termination time of a pod deleted at `deleted`, given the
-/// `(start, natural end)` of the requests that reached it.
-pub fn ideal_termination(
-    propagation: Duration,
-    deleted: Instant,
-    work: impl IntoIterator<Item = (Instant, Instant)>,
-) -> Duration {
-    let admission_end = deleted + propagation;
-    let tail = work
-        .into_iter()
-        .filter(|(start, _)| *start <= admission_end)
-        .map(|(_, end)| end.saturating_duration_since(admission_end))
-        .max()
-        .unwrap_or_default();
-    propagation + tail
-}
-
-/// When a request that reached a pod would have ended, had nothing
-/// interrupted it; `None` if it did no work on any pod (rejected, or
-/// refused by a dead pod).
-pub fn natural_end(record: &RequestRecord, token_interval: Duration) -> Option<Instant> {
-    match &record.outcome {
-        Classified::Completed { .. } => Some(record.ended),
-        Classified::Rejected => None,
-        Classified::Failed(_) if record.proxy_error.is_some() => None,
-        Classified::Aborted { .. } | Classified::Failed(_) => {
-            Some(record.started + token_interval * record.max_tokens)
-        }
     }
 }
