@@ -98,7 +98,7 @@ impl StrategyRun {
     pub fn name(&self) -> &'static str {
         match self.scale_in {
             None => self.strategy.name(),
-            Some(policy) => crate::scale_in::name(policy),
+            Some(policy) => crate::strategy::scale_in_name(policy),
         }
     }
 }

@@ -18,7 +18,7 @@ use quiesce_protocol::contract::DEFAULT_SIDECAR_PORT;
 use tokio::task::JoinHandle;
 
 use crate::comparison::{HarnessError, ProgressSink, StrategyRun, note, pod_problems, pod_sink};
-use crate::strategy::{ENGINE_PORT, Scenario, Strategy};
+use crate::strategy::{ENGINE_PORT, Scenario, Strategy, scale_in_name as name};
 use quiesce_e2e::client::{Ask, Finished, complete};
 use quiesce_e2e::load::RequestRecord;
 use quiesce_e2e::pair::load_reaches;
@@ -39,14 +39,6 @@ const STREAMS: usize = 2;
 const STREAM_LENGTH: Duration = Duration::from_secs(8);
 /// How long a pod may take to start, or to be seen busy.
 const BOUND: Duration = Duration::from_secs(60);
-
-/// Its name in tables and lanes.
-pub fn name(policy: ScaleInPolicy) -> &'static str {
-    match policy {
-        ScaleInPolicy::IdleFirst => "scale-in IdleFirst",
-        ScaleInPolicy::Default => "scale-in Default",
-    }
-}
 
 fn pod_prefix(policy: ScaleInPolicy) -> &'static str {
     match policy {

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use quiesce_api::InferenceDeploymentSpec;
 use quiesce_api::render::{RenderConfig, render_pod_template};
+use quiesce_api::{InferenceDeploymentSpec, ScaleInPolicy};
 use serde_json::json;
 
 use quiesce_e2e::balancer::{BalancerConfig, Policy};
@@ -369,6 +369,14 @@ pub fn seconds(value: f64) -> String {
         "0".to_owned()
     } else {
         text.to_owned()
+    }
+}
+
+/// The name of a scale-in run under `policy`, in tables and lanes.
+pub fn scale_in_name(policy: ScaleInPolicy) -> &'static str {
+    match policy {
+        ScaleInPolicy::IdleFirst => "scale-in IdleFirst",
+        ScaleInPolicy::Default => "scale-in Default",
     }
 }
 

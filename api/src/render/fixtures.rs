@@ -5,8 +5,9 @@ use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use super::conflict::Conflict;
 use quiesce_protocol::contract::SIDECAR_CONTAINER_NAME;
 
+use super::config::RenderConfig;
+use super::error::RenderError;
 use super::pod::render_pod_template;
-use super::{RenderConfig, RenderError};
 use crate::rules::{self, Validated};
 use crate::{InferenceDeployment, InferenceDeploymentSpec};
 

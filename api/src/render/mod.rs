@@ -6,9 +6,11 @@
 //! docs/pod.md explains the rendered pod field by field.
 
 pub mod budget;
+mod config;
 pub mod conflict;
 pub mod deployment;
 mod engine;
+mod error;
 #[cfg(test)]
 mod fixtures;
 pub mod labels;
@@ -22,37 +24,16 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 pub use self::budget::render_pod_disruption_budget;
+pub use self::config::{DEFAULT_SIDECAR_IMAGE, RenderConfig};
 pub use self::conflict::Conflict;
 pub use self::deployment::render_deployment;
+pub use self::error::RenderError;
 use self::labels::MAX_LABEL_VALUE_LEN;
 pub use self::owner::Owner;
 pub use self::pod::render_pod_template;
 pub use self::service::render_service;
-use crate::reason::Reason;
 use crate::rules::{self, Violation};
 use crate::{InferenceDeployment, InferenceDeploymentSpec};
-
-/// The sidecar image of this operator release, the default of its
-/// `--sidecar-image` flag.
-pub const DEFAULT_SIDECAR_IMAGE: &str = concat!(
-    "ghcr.io/quiesce-dev/quiesce-sidecar:",
-    env!("CARGO_PKG_VERSION")
-);
-
-/// Operator-wide settings that shape the rendered objects.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RenderConfig {
-    /// Sidecar image for resources that do not set `spec.sidecar.image`.
-    pub sidecar_image: String,
-}
-
-impl Default for RenderConfig {
-    fn default() -> Self {
-        Self {
-            sidecar_image: DEFAULT_SIDECAR_IMAGE.to_owned(),
-        }
-    }
-}
 
 /// The objects the controller applies for one InferenceDeployment.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,42 +61,6 @@ impl Rendered {
         }
         Ok(documents.join("---\n"))
     }
-}
-
-/// Why an InferenceDeployment cannot be rendered.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RenderError {
-    /// The resource breaks the rules the API server enforces (see
-    /// [`crate::rules`]); only a resource that did not come from the API
-    /// server can.
-    #[error("the InferenceDeployment is invalid:{}", bullet_list(.0))]
-    Invalid(Vec<Violation>),
-    /// The resource is valid, but what quiesce must inject cannot coexist
-    /// with it (a container or volume with quiesce's name, a port or mount
-    /// path quiesce needs): no valid pod could be made.
-    #[error("quiesce cannot render the InferenceDeployment:{}", bullet_list(.0))]
-    Unrenderable(Vec<Violation>),
-}
-
-impl RenderError {
-    /// Every violation, with the field to fix.
-    pub fn violations(&self) -> &[Violation] {
-        match self {
-            Self::Invalid(violations) | Self::Unrenderable(violations) => violations,
-        }
-    }
-
-    /// A bounded PascalCase reason, for a condition or a metric label.
-    pub fn reason(&self) -> Reason {
-        match self {
-            Self::Invalid(_) => Reason::InvalidSpec,
-            Self::Unrenderable(_) => Reason::Unrenderable,
-        }
-    }
-}
-
-fn bullet_list(violations: &[Violation]) -> String {
-    violations.iter().map(|v| format!("\n  - {v}")).collect()
 }
 
 /// Renders every object of `resource`. Validates it first, with the same
@@ -191,6 +136,7 @@ fn is_dns_1035_label(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reason::Reason;
     use crate::render::fixtures::*;
 
     const DEMO: &str = "

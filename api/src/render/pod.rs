@@ -16,10 +16,12 @@ use quiesce_protocol::contract::{
     SIDECAR_CONTAINER_NAME,
 };
 
+use super::config::RenderConfig;
 use super::conflict::{Conflict, RESERVED_ANNOTATION_OVERRIDDEN};
+use super::error::RenderError;
 use super::labels::{overlay_owned_keys, pod_labels};
 use super::sidecar::sidecar_port;
-use super::{RenderConfig, RenderError, engine, sidecar};
+use super::{engine, sidecar};
 use crate::InferenceDeploymentSpec;
 use crate::drain_plan::DrainPlan;
 use crate::rules::{ENGINE_CONTAINER_PRESENT_MSG, Validated, Violation};

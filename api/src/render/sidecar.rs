@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::RenderConfig;
+use super::config::RenderConfig;
 use crate::{EngineAdapter, EngineSpec, InferenceDeploymentSpec, SidecarSpec};
 use quiesce_protocol::contract::{
     DEFAULT_HEALTH_PATH, DEFAULT_METRICS_PATH, DEFAULT_SIDECAR_PORT, INSTALL_DIR, LIVE_PATH,
