@@ -100,17 +100,7 @@ pub fn stream(addr: SocketAddr, tokens: u32) -> tokio::task::JoinHandle<Finished
 
 /// Runs the preStop drain client against `socket`.
 pub fn drain_client(socket: &Path, propagation: f64, timeout: f64, grace: f64) -> Process {
-    Process::spawn(
-        "drain client",
-        Command::new(bins::sidecar())
-            .arg("drain")
-            .arg("--socket")
-            .arg(socket)
-            .args(["--propagation-seconds", &propagation.to_string()])
-            .args(["--timeout-seconds", &timeout.to_string()])
-            .args(["--abort-grace-seconds", &grace.to_string()]),
-    )
-    .unwrap()
+    bins::drain_client(&bins::sidecar(), socket, propagation, timeout, grace)
 }
 
 impl Pair {

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Ask, Engine, InFlight, RUNNING, SLOW, get, metric, request, spawn_request, wait_metric,
+    Ask, Engine, FAST, InFlight, RUNNING, SLOW, get, metric, request, spawn_request, wait_metric,
 };
 use nix::sys::signal::Signal;
 use quiesce_sim::verify::Outcome;
@@ -16,14 +16,7 @@ use quiesce_sim::verify::Outcome;
 /// Starts an engine with fast timing plus `extra` flags, and waits until it
 /// is ready.
 async fn ready_engine(extra: &[&str]) -> Engine {
-    let mut args = vec![
-        "--startup-seconds",
-        "0.2",
-        "--token-interval-ms",
-        "10",
-        "--workers",
-        "1",
-    ];
+    let mut args = FAST.to_vec();
     args.extend(extra);
     let engine = Engine::start(&args).await;
     engine.wait_ready().await;

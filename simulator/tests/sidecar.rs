@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Ask, Engine, SLOW, get, request, spawn_request};
+use common::{Ask, Engine, FAST, SLOW, get, request, spawn_request};
 use nix::sys::signal::Signal;
 use quiesce_protocol::{
     Abort, ClientMessage, DrainRequest, EngineStatus, FrameReader, Phase, Role, ServerMessage,
@@ -114,18 +114,7 @@ impl EngineConnection {
 
 async fn engine_under(sidecar: &FakeSidecar) -> Engine {
     // --shutdown-timeout 0: only the sidecar's durations may govern here.
-    Engine::start_with_env(
-        &[
-            "--startup-seconds",
-            "0.2",
-            "--token-interval-ms",
-            "10",
-            "--workers",
-            "1",
-        ],
-        &[("QUIESCE_SOCKET", sidecar.socket())],
-    )
-    .await
+    Engine::start_with_env(&FAST, &[("QUIESCE_SOCKET", sidecar.socket())]).await
 }
 
 #[tokio::test]

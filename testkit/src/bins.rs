@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use crate::process::Process;
 use std::sync::OnceLock;
 
 /// Where the workspace keeps its build output.
@@ -52,4 +54,26 @@ pub fn sidecar() -> PathBuf {
 /// Path of `quiesce-engine`, the simulated engine.
 pub fn engine() -> PathBuf {
     built().join("quiesce-engine")
+}
+
+/// The preStop drain client, `program drain` (the sidecar binary), against
+/// `socket`, as the kubelet runs the hook the operator renders.
+pub fn drain_client(
+    program: &Path,
+    socket: &Path,
+    propagation: f64,
+    timeout: f64,
+    grace: f64,
+) -> Process {
+    Process::spawn(
+        "drain client",
+        Command::new(program)
+            .arg("drain")
+            .arg("--socket")
+            .arg(socket)
+            .args(["--propagation-seconds", &propagation.to_string()])
+            .args(["--timeout-seconds", &timeout.to_string()])
+            .args(["--abort-grace-seconds", &grace.to_string()]),
+    )
+    .expect("spawn the drain client")
 }

@@ -109,17 +109,7 @@ impl Sidecar {
 
 /// The drain client as the kubelet runs it.
 pub fn drain_client(socket: &Path, propagation: f64, timeout: f64, grace: f64) -> Process {
-    Process::spawn(
-        "drain client",
-        Command::new(BIN)
-            .arg("drain")
-            .arg("--socket")
-            .arg(socket)
-            .args(["--propagation-seconds", &propagation.to_string()])
-            .args(["--timeout-seconds", &timeout.to_string()])
-            .args(["--abort-grace-seconds", &grace.to_string()]),
-    )
-    .expect("spawn the drain client")
+    quiesce_testkit::bins::drain_client(Path::new(BIN), socket, propagation, timeout, grace)
 }
 
 /// A scripted engine: the test decides every frame it sends.

@@ -19,6 +19,16 @@ use quiesce_testkit::process::Process;
 pub use quiesce_testkit::process::proc_stat;
 use serde_json::Value;
 
+/// Flags for an engine that starts and streams fast, with one worker.
+pub const FAST: [&str; 6] = [
+    "--startup-seconds",
+    "0.2",
+    "--token-interval-ms",
+    "10",
+    "--workers",
+    "1",
+];
+
 /// How often waits poll.
 const POLL: Duration = Duration::from_millis(5);
 
