@@ -16,6 +16,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
+use quiesce_http::Limits;
 use tokio::net::TcpListener;
 
 /// Content type of the OpenMetrics text format.
@@ -57,15 +58,15 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Serves the admin routes on `listener` until `shutdown` completes.
+/// Serves the admin routes on `listener` until `shutdown` completes, within
+/// the bounds of [`quiesce_http`]: the port is reachable by anything in the
+/// cluster.
 pub async fn serve(
     listener: TcpListener,
     state: AdminState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+) {
+    quiesce_http::serve(listener, router(state), Limits::default(), shutdown).await;
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -151,6 +152,6 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 
         stop.cancel();
-        server.await.unwrap().unwrap();
+        server.await.unwrap();
     }
 }

@@ -193,10 +193,8 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     readiness.set(false);
     election.release().await;
     shutdown.cancel();
-    match admin.await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => error!("admin server: {error}"),
-        Err(error) => error!("admin server task: {error}"),
+    if let Err(error) = admin.await {
+        error!("admin server task: {error}");
     }
     if election_ended {
         bail!("the leader election stopped; see the log above");

@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use nix::sys::signal::Signal;
+use quiesce_testkit::hostile::assault;
 use quiesce_testkit::http;
 use quiesce_testkit::process::Process;
 use serde_json::{Value, json};
@@ -278,6 +279,23 @@ async fn refuses_to_start_without_the_crd() {
         ),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_server_stays_bounded_under_hostile_http() {
+    let cluster = Shared::default();
+    cluster.lock().unwrap().crd = true;
+    let api = start_api_server(cluster).await;
+    let operator = Operator::start("run-hostile", api, &[]);
+    operator.until("/readyz", |_| true).await;
+    let seen = assault(operator.process.pid(), operator.admin, "/healthz", 3000).await;
+    eprintln!("the operator's admin server under hostile HTTP: {seen}");
+    // Within the server's 256 connections, the chart's 256 MiB memory
+    // limit, and the kubelet's 1 s probe timeout.
+    assert!(seen.fds_max <= seen.fds_before + 256 + 8, "{seen}");
+    assert!(seen.rss_max < 256 * 1024, "{seen}");
+    assert!(seen.probe_max < Duration::from_secs(1), "{seen}");
+    operator.until("/readyz", |_| true).await;
 }
 
 #[test]

@@ -240,14 +240,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(async move { poller::run(target, &coordinator.engine).await })
     });
     let observer = tokio::spawn(coordinator::observe(coordinator.clone()));
-    let http_cancel = cancel.clone();
-    let http_server = axum::serve(http_listener, http::router(coordinator.clone()))
-        .with_graceful_shutdown(async move { http_cancel.cancelled().await });
-    tasks.spawn(async move {
-        if let Err(e) = http_server.await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    tasks.spawn(quiesce_http::serve(
+        http_listener,
+        http::router(coordinator.clone()),
+        quiesce_http::Limits::default(),
+        cancel.clone().cancelled_owned(),
+    ));
     tracing::info!(socket = %args.socket.display(), %listen, "sidecar serving");
 
     tokio::select! {

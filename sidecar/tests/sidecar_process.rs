@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::{PROMPT, ScriptedEngine, Sidecar, drain_client};
 use nix::sys::signal::Signal;
 use quiesce_protocol::{ErrorCode, MAX_FRAME_LEN, Phase, ServerMessage};
+use quiesce_testkit::hostile::assault;
 use quiesce_testkit::process::Process;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -652,4 +653,30 @@ async fn load_reports_the_engines_work_or_that_it_is_unknown() {
     sidecar.wait_for_status("/ready", 503).await;
     assert_eq!(load().await["draining"], true);
     drop(drain);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_http_stays_bounded_and_probes_keep_answering() {
+    let sidecar = Sidecar::start(&[]).await;
+    let mut engine = ScriptedEngine::connect(&sidecar.socket).await;
+    engine.report(Phase::Ready, 0).await;
+    sidecar.wait_for_status("/ready", 200).await;
+    let heartbeat = tokio::spawn(async move {
+        loop {
+            engine.report(Phase::Ready, 0).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let seen = assault(sidecar.process.pid(), sidecar.http, "/ready", 3000).await;
+    heartbeat.abort();
+    eprintln!("the sidecar under hostile HTTP: {seen}");
+    // Within the server's 256 connections, the sidecar's 64 MiB memory
+    // limit, and the kubelet's 1 s probe timeout.
+    assert!(seen.fds_max <= seen.fds_before + 256 + 8, "{seen}");
+    assert!(seen.rss_max < 64 * 1024, "{seen}");
+    assert!(seen.probe_max < Duration::from_secs(1), "{seen}");
+    // Nothing changed the drain.
+    assert_eq!(sidecar.metric("quiesce_drain_in_progress").await, 0.0);
+    let status: serde_json::Value = serde_json::from_str(&sidecar.get("/status").await.1).unwrap();
+    assert_eq!(status["drain"], serde_json::Value::Null, "{status}");
 }

@@ -1,7 +1,8 @@
 //! What every quiesce suite needs, written once: child processes as a
 //! kubelet sees them ([`process`]), the workspace's binaries ([`bins`]), a
-//! small HTTP/1.1 client ([`http`]) and an OpenAI client that verifies every
-//! token the simulated engine streams ([`openai`]).
+//! small HTTP/1.1 client ([`http`]), hostile HTTP clients ([`hostile`])
+//! and an OpenAI client that verifies every token the simulated engine
+//! streams ([`openai`]).
 //!
 //! Nothing here sleeps to synchronise: every wait polls for a condition (a
 //! log line, a status code, an exit) with a deadline.
@@ -9,6 +10,7 @@
 use std::time::Duration;
 
 pub mod bins;
+pub mod hostile;
 pub mod http;
 pub mod openai;
 pub mod process;
