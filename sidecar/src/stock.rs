@@ -243,7 +243,7 @@ fn sglang(loads: Option<&Page>, legacy: Option<&Page>, metrics: Option<&Page>) -
         let page = body(metrics, Blind::MetricsUnavailable)?;
         let grammar = gauge_sum(page, SGLANG_GRAMMAR_QUEUE).ok_or(Blind::GaugeMissing)?;
         // Waiting for their grammar to compile, before the waiting queue.
-        waiting += count(grammar);
+        waiting = waiting.saturating_add(count(grammar));
         kv = kv.max(gauge_sum(page, SGLANG_PREFILL_INFLIGHT).map_or(0, count));
         Ok(Work::Known {
             running,
@@ -259,16 +259,17 @@ fn v1_loads(body: &str) -> Result<(u32, u32, u32), Blind> {
     let answer: Value = serde_json::from_str(body).map_err(|_| Blind::Unparsable)?;
     let loads = answer["loads"].as_array().ok_or(Blind::Unparsable)?;
     let field = |load: &Value, name: &str| load[name].as_f64().ok_or(Blind::Unparsable);
-    let (mut running, mut waiting, mut kv) = (0, 0, 0);
+    let (mut running, mut waiting, mut kv) = (0u32, 0u32, 0u32);
     for load in loads {
-        running += count(field(load, "num_running_reqs")?);
-        waiting += count(field(load, "num_waiting_reqs")?);
+        // Saturating: a count past u32::MAX stays huge, never wraps to few.
+        running = running.saturating_add(count(field(load, "num_running_reqs")?));
+        waiting = waiting.saturating_add(count(field(load, "num_waiting_reqs")?));
         // Present with include=disagg (the default, all); 0 elsewhere.
-        kv += count(
+        kv = kv.saturating_add(count(
             load["disaggregation"]["prefill_inflight_queue_reqs"]
                 .as_f64()
                 .unwrap_or(0.0),
-        );
+        ));
     }
     Ok((running, waiting, kv))
 }
@@ -279,10 +280,12 @@ fn legacy_load(page: Option<&Page>) -> Result<(u32, u32, u32), Blind> {
     let answer: Value =
         serde_json::from_str(body(page, Blind::LoadUnavailable)?).map_err(|_| Blind::Unparsable)?;
     let loads = answer.as_array().ok_or(Blind::Unparsable)?;
-    let (mut total, mut waiting) = (0, 0);
+    let (mut total, mut waiting) = (0u32, 0u32);
     for load in loads {
-        total += count(load["num_reqs"].as_f64().ok_or(Blind::Unparsable)?);
-        waiting += count(load["num_waiting_reqs"].as_f64().ok_or(Blind::Unparsable)?);
+        total = total.saturating_add(count(load["num_reqs"].as_f64().ok_or(Blind::Unparsable)?));
+        waiting = waiting.saturating_add(count(
+            load["num_waiting_reqs"].as_f64().ok_or(Blind::Unparsable)?,
+        ));
     }
     Ok((total.saturating_sub(waiting), waiting, 0))
 }
@@ -414,6 +417,36 @@ vllm:num_requests_waiting{engine=\"1\",model_name=\"m\"} 0.0
 sglang:num_running_reqs{tp_rank=\"0\"} 9\n\
 sglang:num_grammar_queue_reqs{tp_rank=\"0\"} 1\n\
 sglang:num_prefill_inflight_queue_reqs{tp_rank=\"0\"} 0\n";
+
+    /// Found by the `load_json` fuzz target: the sum over ranks overflowed
+    /// (a panic in a debug build, a wrap to a few requests in the image).
+    #[test]
+    fn counts_past_u32_max_saturate_and_never_wrap() {
+        let loads = r#"{"loads": [
+            {"num_running_reqs": 1e300, "num_waiting_reqs": 1e300},
+            {"num_running_reqs": 21474836474967295, "num_waiting_reqs": 7}]}"#;
+        let work = read_work(StockEngine::Sglang, &[ok(loads), ok(SGLANG_METRICS)], None);
+        assert_eq!(
+            work,
+            Work::Known {
+                running: u32::MAX,
+                waiting: u32::MAX,
+                kv_transfers: 0
+            }
+        );
+        let legacy = ok(r#"[{"num_reqs": 4294967295, "num_waiting_reqs": 0},
+                          {"num_reqs": 9, "num_waiting_reqs": 1}]"#);
+        let not_found = Some((404, String::new()));
+        let work = read_work(
+            StockEngine::Sglang,
+            &[not_found, ok(SGLANG_METRICS)],
+            Some(&legacy),
+        );
+        assert!(
+            matches!(work, Work::Known { running, .. } if running >= u32::MAX - 1),
+            "{work:?}"
+        );
+    }
 
     #[test]
     fn sglang_reads_live_loads_per_rank_the_grammar_queue_and_kv_sends() {
