@@ -62,7 +62,8 @@ pub async fn serve(
 ) {
     let connections = TaskTracker::new();
     let stop = CancellationToken::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let max_connections = limits.max_connections.max(1);
+    let slots = Arc::new(Semaphore::new(max_connections));
     // The open connections, oldest first, each with its eviction.
     let mut open: VecDeque<CancellationToken> = VecDeque::new();
     let mut builder = http1::Builder::new();
@@ -85,11 +86,15 @@ pub async fn serve(
                 }
             },
         };
+        // Forget the connections that closed, once there are more entries
+        // than can be open: the list stays within the limit and one.
+        if open.len() >= max_connections {
+            open.retain(|evict| !evict.is_cancelled());
+        }
         let slot = match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
                 // Full: evict the oldest, and wait until it has closed.
-                open.retain(|evict| !evict.is_cancelled());
                 if let Some(oldest) = open.pop_front() {
                     oldest.cancel();
                 }
