@@ -76,8 +76,9 @@ if [[ $import = 1 ]]; then
         [[ ${ref%%/*} == *.* || ${ref%%/*} == *:* || ${ref%%/*} == localhost ]] ||
             fail "IMAGE_PREFIX $prefix has no registry host: use e.g. localhost/quiesce"
         ctr --address "$sock" -n k8s.io images import "$out/$name.oci.tar" >/dev/null
-        # Right after containerd starts its CRI plugin may list a fresh import late.
-        for _ in $(seq 40); do
+        # Right after containerd starts its CRI plugin may list a fresh import
+        # late, the later the busier the machine: wait up to a minute.
+        for _ in $(seq 240); do
             ctr --address "$sock" -n k8s.io images ls -q | grep -qxF "$ref" && break
             sleep 0.25
         done

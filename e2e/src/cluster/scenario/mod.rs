@@ -3,6 +3,8 @@
 
 mod api;
 mod disruption;
+mod endurance;
+mod fleet;
 mod install;
 mod pod;
 mod rollout;
@@ -25,6 +27,9 @@ pub enum Scenario {
     Pod,
     /// A rolling update under load, quiesce beside a stock Deployment.
     Rollout,
+    /// Twenty rolling restarts in a row under load (a benchmark: only when
+    /// named with --only).
+    Endurance,
     /// Hand edits of the owned Deployment are reverted.
     Drift,
     /// `kubectl scale` down under load and back up.
@@ -39,18 +44,22 @@ pub enum Scenario {
     Failover,
     /// Deleting the InferenceDeployment removes its objects; the pods drain.
     Delete,
+    /// Thousands of resources with no pods, and a change of all of them (a
+    /// benchmark: only when named with --only).
+    Fleet,
     /// The operator never hit Forbidden; `helm uninstall` keeps only the CRD.
     Uninstall,
 }
 
 impl Scenario {
     /// Every scenario, in order.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 15] = [
         Self::HelmInstall,
         Self::Crd,
         Self::Examples,
         Self::Pod,
         Self::Rollout,
+        Self::Endurance,
         Self::Drift,
         Self::Scale,
         Self::ScaleIn,
@@ -58,8 +67,14 @@ impl Scenario {
         Self::Eviction,
         Self::Failover,
         Self::Delete,
+        Self::Fleet,
         Self::Uninstall,
     ];
+
+    /// Whether a run without --only includes it: not the benchmarks.
+    pub fn by_default(self) -> bool {
+        !matches!(self, Self::Endurance | Self::Fleet)
+    }
 
     /// Its name on the command line and in the table.
     pub fn name(self) -> &'static str {
@@ -69,6 +84,7 @@ impl Scenario {
             Self::Examples => "examples",
             Self::Pod => "pod",
             Self::Rollout => "rollout",
+            Self::Endurance => "endurance",
             Self::Drift => "drift",
             Self::Scale => "scale",
             Self::ScaleIn => "scale-in",
@@ -76,6 +92,7 @@ impl Scenario {
             Self::Eviction => "eviction",
             Self::Failover => "failover",
             Self::Delete => "delete",
+            Self::Fleet => "fleet",
             Self::Uninstall => "uninstall",
         }
     }
@@ -99,6 +116,10 @@ impl Scenario {
                 "a rolling update through the Service loses nothing with quiesce, and loses \
                  requests with a stock Deployment; new pods are Ready within a second of their engine"
             }
+            Self::Endurance => {
+                "twenty rolling restarts in a row under load lose nothing, SIGKILL nothing, fail no \
+                 preStop hook, and leave the operator's and the sidecars' memory and descriptors flat"
+            }
             Self::Drift => "a removed preStop hook or sidecar comes back; a resync writes nothing",
             Self::Scale => "scaling down under load drains the removed pods and loses nothing",
             Self::ScaleIn => {
@@ -116,6 +137,10 @@ impl Scenario {
             Self::Delete => {
                 "deleting the resource removes its objects by owner reference; the pods drain"
             }
+            Self::Fleet => {
+                "the operator converges on thousands of resources and a change of all of them, \
+                 and a new leader's pass over them writes nothing"
+            }
             Self::Uninstall => {
                 "the operator's logs have no Forbidden (least privilege); helm uninstall leaves the CRD"
             }
@@ -130,6 +155,7 @@ impl Scenario {
             Self::Examples => pod::examples(suite).await,
             Self::Pod => pod::pod(suite).await,
             Self::Rollout => rollout::rollout(suite).await,
+            Self::Endurance => endurance::endurance(suite).await,
             Self::Drift => workload::drift(suite).await,
             Self::Scale => disruption::scale(suite).await,
             Self::ScaleIn => scale_in::scale_in(suite).await,
@@ -137,6 +163,7 @@ impl Scenario {
             Self::Eviction => disruption::eviction(suite).await,
             Self::Failover => rollout::failover(suite).await,
             Self::Delete => disruption::delete(suite).await,
+            Self::Fleet => fleet::fleet(suite).await,
             Self::Uninstall => install::uninstall(suite).await,
         }
     }

@@ -30,20 +30,28 @@ const WARM_UP: Duration = Duration::from_secs(3);
 const READY_PACE_BOUND: Duration = Duration::from_millis(2500);
 
 /// A workload whose pods a rollout replaces, watched from before it starts.
-struct Rolling {
+pub(super) struct Rolling {
     watch: PodWatch,
     old: BTreeSet<String>,
 }
 
 impl Rolling {
-    async fn start(pods: Api<Pod>, selector: &str, follow: &str) -> anyhow::Result<Self> {
+    pub(super) async fn start(
+        pods: Api<Pod>,
+        selector: &str,
+        follow: &str,
+    ) -> anyhow::Result<Self> {
         let watch = PodWatch::start(pods, selector, Some(follow)).await?;
         let old = current_pods(&watch);
         Ok(Self { watch, old })
     }
 
     /// Waits until every old pod is gone and `replicas` new ones are ready.
-    async fn finished(&self, replicas: usize, what: &str) -> anyhow::Result<Vec<PodRecord>> {
+    pub(super) async fn finished(
+        &self,
+        replicas: usize,
+        what: &str,
+    ) -> anyhow::Result<Vec<PodRecord>> {
         let old = &self.old;
         self.watch
             .until(SETTLE, what, |pods| {
@@ -70,7 +78,7 @@ impl Rolling {
 
 /// Restarts the pods of a workload the way `kubectl rollout restart` does:
 /// a new annotation on the pod template.
-fn restart_patch() -> anyhow::Result<serde_json::Value> {
+pub(super) fn restart_patch() -> anyhow::Result<serde_json::Value> {
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?;
     Ok(json!({"spec": {"template": {"metadata": {"annotations": {
         "quiesce.dev/e2e-restarted-at": now.as_millis().to_string(),
