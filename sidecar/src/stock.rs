@@ -315,7 +315,8 @@ fn count(value: f64) -> u32 {
 }
 
 /// Sums every sample of `name` in a Prometheus text page (one per engine,
-/// rank or model); `None` when the page has no sample of it.
+/// rank or model); `None` when the page has no sample of it, or when the
+/// sum is not a finite number.
 pub fn gauge_sum(page: &str, name: &str) -> Option<f64> {
     let mut found = None;
     for line in page.lines() {
@@ -332,7 +333,9 @@ pub fn gauge_sum(page: &str, name: &str) -> Option<f64> {
             *found.get_or_insert(0.0) += value;
         }
     }
-    found
+    // `+Inf`, `NaN` or a sum past f64's range is no count: unknown, which
+    // `count` would otherwise read as nothing.
+    found.filter(|sum: &f64| sum.is_finite())
 }
 
 #[cfg(test)]
@@ -417,6 +420,26 @@ vllm:num_requests_waiting{engine=\"1\",model_name=\"m\"} 0.0
 sglang:num_running_reqs{tp_rank=\"0\"} 9\n\
 sglang:num_grammar_queue_reqs{tp_rank=\"0\"} 1\n\
 sglang:num_prefill_inflight_queue_reqs{tp_rank=\"0\"} 0\n";
+
+    /// Found by the `metrics` fuzz target: samples of +Inf and -Inf (or
+    /// NaN) summed to NaN, which a count reads as 0: an engine with work
+    /// looked idle.
+    #[test]
+    fn a_sum_that_is_no_number_is_unknown_not_zero() {
+        for page in [
+            "vllm:num_requests_running{a=\"1\"} +Inf\nvllm:num_requests_running{a=\"2\"} -Inf\n",
+            "vllm:num_requests_running NaN\n",
+            "vllm:num_requests_running{a=\"1\"} 1e308\nvllm:num_requests_running{a=\"2\"} 1e308\n",
+        ] {
+            assert_eq!(gauge_sum(page, VLLM_RUNNING), None, "{page}");
+            let pages = [
+                ok(&format!("{page}vllm:num_requests_waiting 0\n")),
+                ok(r#"{"server_load": 0}"#),
+            ];
+            let work = read_work(StockEngine::Vllm, &pages, None);
+            assert_eq!(work, Work::Unknown(Blind::GaugeMissing), "{page}");
+        }
+    }
 
     /// Found by the `load_json` fuzz target: the sum over ranks overflowed
     /// (a panic in a debug build, a wrap to a few requests in the image).
