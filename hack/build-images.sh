@@ -75,15 +75,20 @@ if [[ $import = 1 ]]; then
         # make-image.sh normalises a name without a registry host, as the CRI does.
         [[ ${ref%%/*} == *.* || ${ref%%/*} == *:* || ${ref%%/*} == localhost ]] ||
             fail "IMAGE_PREFIX $prefix has no registry host: use e.g. localhost/quiesce"
-        ctr --address "$sock" -n k8s.io images import "$out/$name.oci.tar" >/dev/null
-        # Right after containerd starts its CRI plugin may list a fresh import
-        # late, the later the busier the machine: wait up to a minute.
-        for _ in $(seq 240); do
-            ctr --address "$sock" -n k8s.io images ls -q | grep -qxF "$ref" && break
-            sleep 0.25
+        # Right after containerd starts its CRI plugin may list a fresh
+        # import late, and now and then not at all: wait, then import again.
+        listed=0
+        for _ in 1 2 3; do
+            ctr --address "$sock" -n k8s.io images import "$out/$name.oci.tar" >/dev/null
+            for _ in $(seq 40); do
+                if ctr --address "$sock" -n k8s.io images ls -q | grep -qxF "$ref"; then
+                    listed=1
+                    break 2
+                fi
+                sleep 0.25
+            done
         done
-        ctr --address "$sock" -n k8s.io images ls -q | grep -qxF "$ref" ||
-            fail "$ref is not listed in containerd after the import"
+        [[ $listed == 1 ]] || fail "$ref is not listed in containerd after three imports"
         echo "build-images: imported $ref"
     done
 fi
