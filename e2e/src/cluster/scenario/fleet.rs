@@ -48,63 +48,61 @@ fn sizes() -> anyhow::Result<Vec<usize>> {
         .collect()
 }
 
-/// How many resources have a status for their current generation.
-async fn converged(api: &Api<InferenceDeployment>) -> anyhow::Result<usize> {
-    let list = api.list(&ListParams::default()).await?;
-    Ok(list
-        .items
-        .iter()
-        .filter(|r| {
-            let generation = r.metadata.generation;
-            r.status.as_ref().and_then(|s| s.observed_generation) == generation
-        })
-        .count())
-}
-
-async fn until_converged(
-    api: &Api<InferenceDeployment>,
+/// Waits until `size` objects of `api` have been `observed` (a status for
+/// their current generation), at most `within`.
+async fn until_observed<K>(
+    api: &Api<K>,
     size: usize,
     within: Duration,
     what: &str,
-) -> anyhow::Result<()> {
+    observed: impl Fn(&K) -> bool,
+) -> anyhow::Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let deadline = Instant::now() + within;
     loop {
-        let done = converged(api).await?;
+        let list = api.list(&ListParams::default()).await?;
+        let done = list.items.iter().filter(|o| observed(o)).count();
         if done >= size {
             return Ok(());
         }
         check!(
             Instant::now() < deadline,
-            "{what}: {done} of {size} converged after {within:?}"
+            "{what}: {done} of {size} after {within:?}"
         );
         // Every poll lists the whole fleet: not too often.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
+/// Waits until every resource has a status for its current generation.
+async fn until_converged(
+    api: &Api<InferenceDeployment>,
+    size: usize,
+    within: Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    until_observed(api, size, within, what, |r: &InferenceDeployment| {
+        r.status.as_ref().and_then(|s| s.observed_generation) == r.metadata.generation
+    })
+    .await
+}
+
 /// Waits until the Deployment controller has seen every Deployment's
 /// generation.
 async fn deployments_settled(suite: &Suite, size: usize, within: Duration) -> anyhow::Result<()> {
     let deployments: Api<Deployment> = suite.api(NAMESPACE);
-    let deadline = Instant::now() + within;
-    loop {
-        let list = deployments.list(&ListParams::default()).await?;
-        let settled = list
-            .items
-            .iter()
-            .filter(|d| {
-                d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
-            })
-            .count();
-        if settled >= size {
-            return Ok(());
-        }
-        check!(
-            Instant::now() < deadline,
-            "{settled} of {size} Deployments settled"
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    until_observed(
+        &deployments,
+        size,
+        within,
+        "Deployments settled",
+        |d: &Deployment| {
+            d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
+        },
+    )
+    .await
 }
 
 /// The resourceVersion of every owned object of the fleet.
