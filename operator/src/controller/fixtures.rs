@@ -18,9 +18,14 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower_test::mock::{self, Handle, SendResponse};
 
-use super::Context;
+use kube::runtime::reflector;
+use kube::runtime::watcher;
+
+use super::cache::{self, Cache};
 use super::plan::{self, Existing, Step};
+use super::{Caches, Context};
 use crate::metrics::Metrics;
+use quiesce_api::render::labels::{MANAGED_BY, MANAGED_BY_LABEL};
 use quiesce_api::render::{RenderConfig, render};
 use quiesce_api::{InferenceDeployment, InferenceDeploymentStatus};
 
@@ -106,6 +111,68 @@ pub fn deployment_status(counts: (i32, i32, i32, i32)) -> DeploymentStatus {
     }
 }
 
+/// What the controller's watches, which select our managed-by label, hold
+/// of `existing`.
+pub fn watched(existing: &Existing) -> Existing {
+    fn ours<K: Resource + Clone>(object: &Option<K>) -> Option<K> {
+        object.clone().filter(|o| {
+            o.meta()
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(MANAGED_BY_LABEL))
+                == Some(&MANAGED_BY.to_owned())
+        })
+    }
+    Existing {
+        deployment: ours(&existing.deployment),
+        service: ours(&existing.service),
+        pod_disruption_budget: ours(&existing.pod_disruption_budget),
+    }
+}
+
+/// A cache after its first list, holding `object` if any.
+fn listed<K: Resource + Serialize>(object: Option<K>) -> Cache<K> {
+    let (cache, mut writer) = cache::cache();
+    writer.apply(&watcher::Event::Init);
+    if let Some(object) = object {
+        writer.apply(&watcher::Event::InitApply(object));
+    }
+    writer.apply(&watcher::Event::InitDone);
+    cache
+}
+
+impl Caches {
+    /// Caches as the watches would have filled them for `existing`.
+    pub fn holding(existing: &Existing) -> Self {
+        let watched = watched(existing);
+        Self {
+            pods: reflector::store().0,
+            deployments: listed(watched.deployment),
+            services: listed(watched.service),
+            budgets: listed(watched.pod_disruption_budget),
+        }
+    }
+}
+
+impl Scenario {
+    /// The objects the API server has when the scenario begins.
+    pub fn existing(&self) -> Existing {
+        match self {
+            Self::NothingToDo(existing)
+            | Self::StatusOnly(existing)
+            | Self::ApplyDeployment(existing)
+            | Self::ScaleIn { existing, .. }
+            | Self::DrainChange(existing)
+            | Self::DeleteDisabled(existing)
+            | Self::Warned(existing) => existing.clone(),
+            Self::CreateFromNothing
+            | Self::ApplyFails(_)
+            | Self::ReadFails(_)
+            | Self::RadioSilence => Existing::default(),
+        }
+    }
+}
+
 impl Context {
     /// A context on a mock API server, with its own metrics.
     pub fn test() -> (Arc<Self>, ApiServerVerifier) {
@@ -148,16 +215,16 @@ pub fn events_path() -> String {
 
 /// An expected sequence of API calls.
 pub enum Scenario {
-    /// Nothing exists: three reads, then apply Deployment, Service and
+    /// Nothing exists: the reads, then apply Deployment, Service and
     /// PodDisruptionBudget, then the status.
     CreateFromNothing,
-    /// Everything is in place: three reads and not one write.
+    /// Everything is in place: the reads and not one write.
     NothingToDo(Existing),
-    /// Only the Deployment's status moved: three reads, the status.
+    /// Only the Deployment's status moved: the reads, the status.
     StatusOnly(Existing),
-    /// A new replica count: three reads, apply the Deployment, the status.
+    /// A new replica count: the reads, apply the Deployment, the status.
     ApplyDeployment(Existing),
-    /// A lower replica count: three reads, the pods listed (answered with
+    /// A lower replica count: the reads, the pods listed (answered with
     /// `pods`), a ScalingIn event if `event`, `patches` pod patches in any
     /// order, apply the Deployment, the status.
     ScaleIn {
@@ -166,16 +233,16 @@ pub enum Scenario {
         event: bool,
         patches: usize,
     },
-    /// New drain settings: three reads, apply the Deployment, a
+    /// New drain settings: the reads, apply the Deployment, a
     /// DrainSettingsChanged event, the status.
     DrainChange(Existing),
-    /// Service and budget disabled: three reads, delete both, the status.
+    /// Service and budget disabled: the reads, delete both, the status.
     DeleteDisabled(Existing),
-    /// Nothing to apply, a new problem or warning: three reads, the status,
+    /// Nothing to apply, a new problem or warning: the reads, the status,
     /// a Warning event. For an invalid or unrenderable spec, an object that
     /// is not ours, a long grace period.
     Warned(Existing),
-    /// Nothing exists and the Deployment apply fails with `code`: three
+    /// Nothing exists and the Deployment apply fails with `code`: the
     /// reads, the failed apply, the status with Degraded=True, a Warning
     /// event.
     ApplyFails(u16),
@@ -405,17 +472,27 @@ impl ApiServerVerifier {
         (call, send)
     }
 
-    /// The three reads of every reconcile, answered from `existing`.
+    /// The reads of every reconcile: a GET of each object of `existing`
+    /// that the watches do not hold (see [`watched`]), answered from it.
     async fn reads(&mut self, existing: &Existing) {
-        self.read(&deployment_path(), &existing.deployment).await;
-        self.read(&service_path(), &existing.service).await;
-        self.read(&budget_path(), &existing.pod_disruption_budget)
-            .await;
+        let cached = watched(existing);
+        if cached.deployment.is_none() {
+            self.read(&deployment_path(), &existing.deployment).await;
+        }
+        if cached.service.is_none() {
+            self.read(&service_path(), &existing.service).await;
+        }
+        if cached.pod_disruption_budget.is_none() {
+            self.read(&budget_path(), &existing.pod_disruption_budget)
+                .await;
+        }
     }
 
     async fn read<K: Serialize>(&mut self, path: &str, object: &Option<K>) {
         let (call, send) = self.next().await;
         assert_eq!((call.method, call.path.as_str()), (Method::GET, path));
+        // The API server's watch cache, not etcd.
+        assert!(call.query.contains("resourceVersion=0"), "{}", call.query);
         match object {
             Some(object) => respond(send, (StatusCode::OK, json(object))),
             None => respond(send, failure(404)),

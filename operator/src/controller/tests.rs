@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::fixtures::*;
 use super::plan::Existing;
 use super::status::{DEGRADED, PROGRESSING, READY, find_condition};
-use super::{Context, Error, error_policy, reconcile, scale_in};
+use super::{Caches, Context, Error, error_policy, reconcile, scale_in};
 use crate::metrics::ReconcileResult;
 use quiesce_api::reason::Reason;
 use quiesce_api::{InferenceDeployment, InferenceDeploymentStatus, ScaleInPolicy};
@@ -41,6 +41,7 @@ impl Harness {
         scenario: Scenario,
     ) -> (Result<Action, Error>, Seen) {
         let verifier = self.verifier.take().expect("one reconcile at a time");
+        self.ctx.use_caches(Caches::holding(&scenario.existing()));
         let playing = verifier.run(scenario);
         let result = tokio::time::timeout(
             Duration::from_secs(5),
@@ -126,7 +127,7 @@ async fn creates_deployment_service_and_budget_then_the_status() {
 }
 
 /// Create, then the pods become ready, then a resync: the last reconcile
-/// only reads; it writes no object, no status, no event.
+/// finds everything in the watch caches and sends not one request.
 #[tokio::test]
 async fn a_resync_with_nothing_to_do_writes_nothing() {
     let mut api = Harness::new();
@@ -320,25 +321,40 @@ async fn an_unrenderable_spec_is_reported_and_never_applied() {
     assert_eq!(metrics.failures(Reason::Unrenderable), 1);
 }
 
-#[tokio::test]
-async fn an_object_of_another_controller_is_not_taken_over() {
-    let mut api = Harness::new();
+/// The objects of the resource, with a Deployment that a Rollout controls
+/// and that has quiesce's labels when `labelled`.
+fn with_another_controllers_deployment(labelled: bool) -> Existing {
     let mut existing = stored(&resource(""), deployment_status((1, 1, 1, 1)));
     let deployment = existing.deployment.as_mut().unwrap();
     let owners = deployment.metadata.owner_references.as_mut().unwrap();
     owners[0].uid = "uid-someone-else".to_owned();
     owners[0].kind = "Rollout".to_owned();
     owners[0].name = "llm".to_owned();
-    let (result, seen) = api
-        .reconcile(&resource(""), Scenario::Warned(existing))
-        .await;
-    let error = result.unwrap_err();
-    assert!(matches!(error, Error::NotOwned(_)), "{error}");
-    let (state, reason, message) = degraded(&seen.statuses[0]);
-    assert_eq!((state, reason), ("True", "NotOwned"));
-    assert!(message.contains("controlled by Rollout llm"), "{message}");
-    assert_eq!(seen.events[0]["reason"], "NotOwned");
-    assert_eq!(api.ctx.metrics().failures(Reason::NotOwned), 1);
+    if !labelled {
+        deployment.metadata.labels = None;
+    }
+    existing
+}
+
+#[tokio::test]
+async fn an_object_of_another_controller_is_not_taken_over() {
+    // Labelled as ours, it is in the watch cache; without our labels the
+    // cache lacks it, and the reconcile reads it from the API server.
+    for labelled in [true, false] {
+        let mut api = Harness::new();
+        let existing = with_another_controllers_deployment(labelled);
+        assert_eq!(watched(&existing).deployment.is_some(), labelled);
+        let (result, seen) = api
+            .reconcile(&resource(""), Scenario::Warned(existing))
+            .await;
+        let error = result.unwrap_err();
+        assert!(matches!(error, Error::NotOwned(_)), "{error}");
+        let (state, reason, message) = degraded(&seen.statuses[0]);
+        assert_eq!((state, reason), ("True", "NotOwned"));
+        assert!(message.contains("controlled by Rollout llm"), "{message}");
+        assert_eq!(seen.events[0]["reason"], "NotOwned");
+        assert_eq!(api.ctx.metrics().failures(Reason::NotOwned), 1);
+    }
 }
 
 #[tokio::test]

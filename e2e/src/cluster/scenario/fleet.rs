@@ -3,9 +3,11 @@
 //! change of the drain timeout of all of them, then a restart of the
 //! operator, whose first pass over everything must write nothing. A
 //! benchmark: `QUIESCE_FLEET_SIZES=100,1000,10000 quiesce-cluster
-//! --only helm-install,fleet` (docs/operator.md gives the curve).
+//! --only helm-install,fleet` (docs/operator.md gives the curve), and with
+//! `QUIESCE_FLEET_REPLICAS=1` each resource runs a pod, whose Ready and
+//! whose rollout after the change are timed too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure as check};
@@ -14,12 +16,15 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use quiesce_api::InferenceDeployment;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::endurance::usage;
+use super::install::OPERATOR;
 use super::workload::{leader, leader_metrics, sample};
 use crate::cluster::manifests;
 use crate::cluster::report::{Figures, seconds};
@@ -48,8 +53,9 @@ fn sizes() -> anyhow::Result<Vec<usize>> {
         .collect()
 }
 
-/// Waits until `size` objects of `api` have been `observed` (a status for
-/// their current generation), at most `within`.
+/// Waits until `size` objects of `api` are `observed`, at most `within`.
+/// A watch, not polls: a list of 10,000 resources every few seconds would
+/// load the API server being measured.
 async fn until_observed<K>(
     api: &Api<K>,
     size: usize,
@@ -58,21 +64,36 @@ async fn until_observed<K>(
     observed: impl Fn(&K) -> bool,
 ) -> anyhow::Result<()>
 where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    let deadline = Instant::now() + within;
-    loop {
-        let list = api.list(&ListParams::default()).await?;
-        let done = list.items.iter().filter(|o| observed(o)).count();
-        if done >= size {
-            return Ok(());
+    let mut done = HashSet::new();
+    let watch = async {
+        let events = watcher(api.clone(), watcher::Config::default()).default_backoff();
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.try_next().await? {
+            match event {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                    if observed(&o) {
+                        done.insert(o.name_any());
+                    } else {
+                        done.remove(&o.name_any());
+                    }
+                }
+                watcher::Event::Delete(o) => {
+                    done.remove(&o.name_any());
+                }
+                watcher::Event::Init => done.clear(),
+                watcher::Event::InitDone => {}
+            }
+            if done.len() >= size {
+                return Ok(());
+            }
         }
-        check!(
-            Instant::now() < deadline,
-            "{what}: {done} of {size} after {within:?}"
-        );
-        // Every poll lists the whole fleet: not too often.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        anyhow::bail!("{what}: the watch ended")
+    };
+    match tokio::time::timeout(within, watch).await {
+        Ok(watched) => watched,
+        Err(_) => anyhow::bail!("{what}: {} of {size} after {within:?}", done.len()),
     }
 }
 
@@ -85,6 +106,26 @@ async fn until_converged(
 ) -> anyhow::Result<()> {
     until_observed(api, size, within, what, |r: &InferenceDeployment| {
         r.status.as_ref().and_then(|s| s.observed_generation) == r.metadata.generation
+    })
+    .await
+}
+
+/// Waits until every resource has `replicas` Ready replicas of its current
+/// pod template.
+async fn until_ready(
+    api: &Api<InferenceDeployment>,
+    size: usize,
+    replicas: i32,
+    within: Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    until_observed(api, size, within, what, |r: &InferenceDeployment| {
+        r.status.as_ref().is_some_and(|s| {
+            s.observed_generation == r.metadata.generation
+                && s.ready_replicas == replicas
+                && s.updated_replicas == replicas
+                && s.replicas == replicas
+        })
     })
     .await
 }
@@ -159,15 +200,57 @@ fn quantiles(metrics: &str) -> anyhow::Result<(f64, f64)> {
     Ok((at(0.5), at(0.99)))
 }
 
-/// The API server's requests so far, from its own counter.
-async fn api_requests(suite: &Suite) -> anyhow::Result<f64> {
+/// The API server's requests so far, from its own counters: all of them,
+/// and the operator's, which the chart's FlowSchema singles out.
+async fn api_requests(suite: &Suite) -> anyhow::Result<Requests> {
     let request = http::Request::get("/metrics").body(Vec::new())?;
     let metrics = suite.client.request_text(request).await?;
-    Ok(metrics
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum())
+    let sum = |prefix: &str, label: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(label))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let operator = format!("flow_schema=\"{OPERATOR}\"");
+    let requests = Requests {
+        all: sum("apiserver_request_total{", ""),
+        operator: sum(
+            "apiserver_flowcontrol_dispatched_requests_total{",
+            &operator,
+        ),
+    };
+    check!(
+        requests.operator > 0.0,
+        "the API server counts no request of the FlowSchema {OPERATOR}"
+    );
+    Ok(requests)
+}
+
+/// Requests the API server served: of all clients, of the operator.
+#[derive(Clone, Copy)]
+struct Requests {
+    all: f64,
+    operator: f64,
+}
+
+impl std::ops::Sub for Requests {
+    type Output = Self;
+    fn sub(self, earlier: Self) -> Self {
+        Self {
+            all: self.all - earlier.all,
+            operator: self.operator - earlier.operator,
+        }
+    }
+}
+
+/// The replicas of each resource, from `QUIESCE_FLEET_REPLICAS`, or 0.
+fn replicas() -> anyhow::Result<i32> {
+    std::env::var("QUIESCE_FLEET_REPLICAS").map_or(Ok(0), |r| {
+        r.trim()
+            .parse()
+            .with_context(|| format!("QUIESCE_FLEET_REPLICAS: {r:?} is not a count"))
+    })
 }
 
 /// The fleet scenario, at each size in turn.
@@ -195,7 +278,7 @@ async fn at(suite: &Suite, size: usize, figures: &mut Figures) -> anyhow::Result
         async move {
             let mut peak = 0;
             while !stop.is_cancelled() {
-                peak = peak.max(usage("quiesce-operator", "run").rss_max);
+                peak = peak.max(usage(OPERATOR, "run").rss_max);
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             peak
@@ -207,11 +290,12 @@ async fn at(suite: &Suite, size: usize, figures: &mut Figures) -> anyhow::Result
             "quiesce_operator_reconciles_total{result=\"applied\"}",
         )
     };
+    let replicas = replicas()?;
     let requests_before = api_requests(suite).await?;
     let applied_before = reconciles(&leader_metrics(suite).await?)?;
 
     let started = Instant::now();
-    let template = manifests::inference_deployment("fleet", 0, &suite.images);
+    let template = manifests::inference_deployment("fleet", replicas, &suite.images);
     stream::iter(0..size)
         .map(|i| {
             let mut resource = template.clone();
@@ -225,8 +309,16 @@ async fn at(suite: &Suite, size: usize, figures: &mut Figures) -> anyhow::Result
     let created = started.elapsed();
     until_converged(&api, size, bound, "after creation").await?;
     let converged_created = started.elapsed();
+    let requests_created = api_requests(suite).await? - requests_before;
+    let ready_created = if replicas > 0 {
+        until_ready(&api, size, replicas, bound, "pods ready").await?;
+        Some(started.elapsed())
+    } else {
+        None
+    };
 
     let changed = Instant::now();
+    let requests_before_change = api_requests(suite).await?;
     let patch = json!({"spec": {"drain": {"timeoutSeconds": 121}}});
     stream::iter(0..size)
         .map(|i| {
@@ -243,6 +335,14 @@ async fn at(suite: &Suite, size: usize, figures: &mut Figures) -> anyhow::Result
         .await?;
     until_converged(&api, size, bound, "after the drain change").await?;
     let converged_changed = changed.elapsed();
+    let requests_changed = api_requests(suite).await? - requests_before_change;
+    // The new drain settings roll every pod.
+    let ready_changed = if replicas > 0 {
+        until_ready(&api, size, replicas, bound, "pods rolled").await?;
+        Some(changed.elapsed())
+    } else {
+        None
+    };
     let busy = started.elapsed();
     let metrics = leader_metrics(suite).await?;
     let (p50, p99) = quantiles(&metrics)?;
@@ -288,7 +388,9 @@ async fn at(suite: &Suite, size: usize, figures: &mut Figures) -> anyhow::Result
     let peak = sampler.await?;
     let met = converged_created <= goal && converged_changed <= goal;
 
-    let rows = [
+    let per_resource = |r: Requests| format!("{:.1}", r.operator / size as f64);
+    let mut rows = vec![
+        ("replicas of each resource", replicas.to_string()),
         ("created", seconds(created)),
         (
             "converged after creation",
@@ -303,15 +405,24 @@ async fn at(suite: &Suite, size: usize, figures: &mut Figures) -> anyhow::Result
             format!("{p50} s / {p99} s (bucket bounds)"),
         ),
         (
-            "API requests per applied reconcile",
+            "operator API requests per resource: creation / drain change",
             format!(
-                "{:.1} (all clients' requests / {applied} applied)",
-                requests / applied.max(1.0)
+                "{} / {}",
+                per_resource(requests_created),
+                per_resource(requests_changed)
             ),
         ),
         (
-            "API server request rate",
-            format!("{:.0}/s", requests / busy.as_secs_f64()),
+            "operator API requests per applied reconcile",
+            format!(
+                "{:.1} ({} requests / {applied} applied)",
+                requests.operator / applied.max(1.0),
+                requests.operator
+            ),
+        ),
+        (
+            "API server request rate, all clients",
+            format!("{:.0}/s", requests.all / busy.as_secs_f64()),
         ),
         (
             "writes when a new leader went over the fleet",
@@ -322,6 +433,10 @@ async fn at(suite: &Suite, size: usize, figures: &mut Figures) -> anyhow::Result
             format!("{:.0} MiB (goal 200)", peak as f64 / 1024.0),
         ),
     ];
+    if let (Some(created), Some(changed)) = (ready_created, ready_changed) {
+        rows.push(("every pod Ready after creation", seconds(created)));
+        rows.push(("every pod rolled after the drain change", seconds(changed)));
+    }
     for (label, value) in rows {
         // Printed at once too: a later size may fail, and the figures of
         // this one are the benchmark.
