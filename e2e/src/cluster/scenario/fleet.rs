@@ -111,14 +111,18 @@ async fn until_converged(
 }
 
 /// Waits until every resource has `replicas` Ready replicas of its current
-/// pod template.
+/// pod template; returns the time since `since`, or `None` without pods.
 async fn until_ready(
     api: &Api<InferenceDeployment>,
     size: usize,
     replicas: i32,
     within: Duration,
     what: &str,
-) -> anyhow::Result<()> {
+    since: Instant,
+) -> anyhow::Result<Option<Duration>> {
+    if replicas == 0 {
+        return Ok(None);
+    }
     until_observed(api, size, within, what, |r: &InferenceDeployment| {
         r.status.as_ref().is_some_and(|s| {
             s.observed_generation == r.metadata.generation
@@ -127,7 +131,8 @@ async fn until_ready(
                 && s.replicas == replicas
         })
     })
-    .await
+    .await?;
+    Ok(Some(since.elapsed()))
 }
 
 /// Waits until the Deployment controller has seen every Deployment's
@@ -310,12 +315,7 @@ async fn at(suite: &Suite, size: usize, figures: &mut Figures) -> anyhow::Result
     until_converged(&api, size, bound, "after creation").await?;
     let converged_created = started.elapsed();
     let requests_created = api_requests(suite).await? - requests_before;
-    let ready_created = if replicas > 0 {
-        until_ready(&api, size, replicas, bound, "pods ready").await?;
-        Some(started.elapsed())
-    } else {
-        None
-    };
+    let ready_created = until_ready(&api, size, replicas, bound, "pods ready", started).await?;
 
     let changed = Instant::now();
     let requests_before_change = api_requests(suite).await?;
@@ -337,12 +337,7 @@ async fn at(suite: &Suite, size: usize, figures: &mut Figures) -> anyhow::Result
     let converged_changed = changed.elapsed();
     let requests_changed = api_requests(suite).await? - requests_before_change;
     // The new drain settings roll every pod.
-    let ready_changed = if replicas > 0 {
-        until_ready(&api, size, replicas, bound, "pods rolled").await?;
-        Some(changed.elapsed())
-    } else {
-        None
-    };
+    let ready_changed = until_ready(&api, size, replicas, bound, "pods rolled", changed).await?;
     let busy = started.elapsed();
     let metrics = leader_metrics(suite).await?;
     let (p50, p99) = quantiles(&metrics)?;
