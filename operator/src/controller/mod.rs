@@ -52,7 +52,7 @@ use kube::api::{
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{PredicateConfig, WatchStreamExt, predicates, watcher};
+use kube::runtime::{Predicate, PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -298,7 +298,8 @@ pub async fn run(
     })
     .filter_map(|event| future::ready(event.transpose()));
     let (resources, resources_writer) = reflector::store();
-    // A new spec, not a new status: our own status writes would each
+    // A new spec or new metadata (`kubectl annotate` to ask for a
+    // reconcile), not a new status: our own status writes would each
     // trigger one more reconcile.
     let new_specs = watch(
         api::<InferenceDeployment>(client, namespace),
@@ -306,7 +307,12 @@ pub async fn run(
     )
     .reflect(resources_writer)
     .applied_objects()
-    .predicate_filter(predicates::generation, PredicateConfig::default());
+    .predicate_filter(
+        predicates::generation
+            .combine(predicates::labels)
+            .combine(predicates::annotations),
+        PredicateConfig::default(),
+    );
     let controller = Controller::for_stream(new_specs, resources)
         .owns_stream(cached(
             api::<Deployment>(client, namespace),
