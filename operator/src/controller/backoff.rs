@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kube::runtime::reflector::ObjectRef;
 
-use quiesce_api::InferenceDeployment;
+use super::Stored;
 
 /// Delay after the first failure.
 pub const INITIAL_DELAY: Duration = Duration::from_secs(5);
@@ -29,13 +29,13 @@ pub fn retry_delay(failures: u32) -> Duration {
 /// Failures in a row, per InferenceDeployment.
 #[derive(Debug, Default)]
 pub struct FailureBackoff {
-    failures: Mutex<HashMap<ObjectRef<InferenceDeployment>, u32>>,
+    failures: Mutex<HashMap<ObjectRef<Stored>, u32>>,
 }
 
 impl FailureBackoff {
     /// Records a failure of `object` and returns how long to wait before
     /// the retry.
-    pub fn failed(&self, object: &ObjectRef<InferenceDeployment>) -> Duration {
+    pub fn failed(&self, object: &ObjectRef<Stored>) -> Duration {
         let mut failures = self.lock();
         let count = failures.entry(object.clone()).or_insert(0);
         *count = count.saturating_add(1);
@@ -43,16 +43,16 @@ impl FailureBackoff {
     }
 
     /// Forgets the failures of `object`: it reconciled.
-    pub fn succeeded(&self, object: &ObjectRef<InferenceDeployment>) {
+    pub fn succeeded(&self, object: &ObjectRef<Stored>) {
         self.lock().remove(object);
     }
 
     /// Failures in a row of `object`.
-    pub fn failures(&self, object: &ObjectRef<InferenceDeployment>) -> u32 {
+    pub fn failures(&self, object: &ObjectRef<Stored>) -> u32 {
         self.lock().get(object).copied().unwrap_or(0)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<InferenceDeployment>, u32>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<Stored>, u32>> {
         // A panic while holding the lock leaves a consistent map.
         self.failures
             .lock()

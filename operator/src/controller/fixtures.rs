@@ -189,8 +189,9 @@ impl Context {
 
     /// Failures in a row of `resource`, which set its retry delay.
     pub fn failures(&self, resource: &InferenceDeployment) -> u32 {
+        let stored = super::Stored::new(resource.clone());
         self.backoff
-            .failures(&kube::runtime::reflector::ObjectRef::from_obj(resource))
+            .failures(&kube::runtime::reflector::ObjectRef::from_obj(&stored))
     }
 }
 

@@ -27,6 +27,7 @@ pub mod events;
 pub mod plan;
 pub mod scale_in;
 pub mod status;
+mod stored;
 
 #[cfg(test)]
 mod fixtures;
@@ -62,6 +63,7 @@ use self::cache::Cache;
 pub use self::error::{Error, describe};
 use self::plan::{Existing, Plan, Step};
 use self::status::{DEGRADED, Observed, Problem, desired_status, find_condition};
+pub use self::stored::Stored;
 use crate::metrics::{Metrics, ReconcileResult};
 use quiesce_api::reason::Reason;
 use quiesce_api::render::labels::{MANAGED_BY, MANAGED_BY_LABEL, SELECTOR_LABEL};
@@ -208,14 +210,11 @@ enum Outcome {
 
 /// Reconciles one InferenceDeployment. Counts the result, times it, and
 /// resets the object's backoff when it succeeds.
-pub async fn reconcile(
-    resource: Arc<InferenceDeployment>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
+pub async fn reconcile(stored: Arc<Stored>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.start_reconcile();
-    match reconcile_resource(&resource, &ctx).await {
+    match reconcile_resource(&stored.resource(), &ctx).await {
         Ok(outcome) => {
-            ctx.backoff.succeeded(&ObjectRef::from_obj(&*resource));
+            ctx.backoff.succeeded(&ObjectRef::from_obj(&*stored));
             let (result, action) = match outcome {
                 Outcome::Applied => (ReconcileResult::applied, Action::requeue(RESYNC_INTERVAL)),
                 Outcome::Unchanged => {
@@ -241,11 +240,7 @@ pub async fn reconcile(
 
 /// Retries a failed reconcile after an exponential, per-object delay (see
 /// [`backoff`]).
-pub fn error_policy(
-    resource: Arc<InferenceDeployment>,
-    error: &Error,
-    ctx: Arc<Context>,
-) -> Action {
+pub fn error_policy(resource: Arc<Stored>, error: &Error, ctx: Arc<Context>) -> Action {
     let delay = ctx.backoff.failed(&ObjectRef::from_obj(&*resource));
     warn!(
         namespace = resource.namespace().unwrap_or_default(),
@@ -305,6 +300,7 @@ pub async fn run(
         api::<InferenceDeployment>(client, namespace),
         watcher::Config::default(),
     )
+    .map_ok(stored)
     .reflect(resources_writer)
     .applied_objects()
     .predicate_filter(
@@ -383,6 +379,17 @@ where
     watcher(api, config)
         .default_backoff()
         .modify(|object| object.meta_mut().managed_fields = None)
+}
+
+/// The watch event, with each resource as the controller keeps it.
+fn stored(event: watcher::Event<InferenceDeployment>) -> watcher::Event<Stored> {
+    match event {
+        watcher::Event::Apply(resource) => watcher::Event::Apply(Stored::new(resource)),
+        watcher::Event::Delete(resource) => watcher::Event::Delete(Stored::new(resource)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(resource) => watcher::Event::InitApply(Stored::new(resource)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
 }
 
 /// Every object of `api` that `config` selects and that changed or went,

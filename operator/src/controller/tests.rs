@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::fixtures::*;
 use super::plan::Existing;
 use super::status::{DEGRADED, PROGRESSING, READY, find_condition};
-use super::{Caches, Context, Error, error_policy, reconcile, scale_in};
+use super::{Caches, Context, Error, Stored, error_policy, reconcile, scale_in};
 use crate::metrics::ReconcileResult;
 use quiesce_api::reason::Reason;
 use quiesce_api::{InferenceDeployment, InferenceDeploymentStatus, ScaleInPolicy};
@@ -45,7 +45,7 @@ impl Harness {
         let playing = verifier.run(scenario);
         let result = tokio::time::timeout(
             Duration::from_secs(5),
-            reconcile(Arc::new(resource.clone()), self.ctx.clone()),
+            reconcile(Arc::new(Stored::new(resource.clone())), self.ctx.clone()),
         )
         .await
         .expect("the reconcile finishes");
@@ -378,9 +378,9 @@ async fn a_conflict_fails_the_reconcile_sets_degraded_and_backs_off() {
     assert_eq!(metrics.reconciles(ReconcileResult::error), 1);
     assert_eq!(metrics.failures(Reason::ApiConflict), 1);
 
-    let resource = Arc::new(resource);
-    let first = error_policy(resource.clone(), &error, api.ctx.clone());
-    let second = error_policy(resource.clone(), &error, api.ctx.clone());
+    let stored = Arc::new(Stored::new(resource.clone()));
+    let first = error_policy(stored.clone(), &error, api.ctx.clone());
+    let second = error_policy(stored, &error, api.ctx.clone());
     assert_eq!(first, Action::requeue(Duration::from_secs(5)));
     assert_eq!(second, Action::requeue(Duration::from_secs(10)));
     assert_eq!(api.ctx.failures(&resource), 2);
@@ -413,9 +413,10 @@ async fn a_server_error_on_read_fails_before_any_write() {
 #[tokio::test]
 async fn a_success_resets_the_backoff() {
     let mut api = Harness::new();
-    let resource = Arc::new(resource(""));
+    let resource = resource("");
     let (result, _) = api.reconcile(&resource, Scenario::ReadFails(503)).await;
-    error_policy(resource.clone(), &result.unwrap_err(), api.ctx.clone());
+    let stored = Arc::new(Stored::new(resource.clone()));
+    error_policy(stored, &result.unwrap_err(), api.ctx.clone());
     assert_eq!(api.ctx.failures(&resource), 1);
 
     let (result, _) = api.reconcile(&resource, Scenario::CreateFromNothing).await;
