@@ -36,23 +36,30 @@ pub(super) struct Usage {
 
 pub(super) fn usage(program: &str, subcommand: &str) -> Usage {
     let mut usage = Usage::default();
-    for process in processes() {
-        let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", process.pid)) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let runs = args
-            .first()
-            .is_some_and(|a| a.ends_with(program.as_bytes()))
-            && args.get(1) == Some(&subcommand.as_bytes());
-        if runs {
-            let (rss, fds) = rss_and_fds(process.pid);
-            usage.processes += 1;
-            usage.rss_max = usage.rss_max.max(rss);
-            usage.fds_max = usage.fds_max.max(fds);
-        }
+    for pid in running(program, &[subcommand]) {
+        let (rss, fds) = rss_and_fds(pid);
+        usage.processes += 1;
+        usage.rss_max = usage.rss_max.max(rss);
+        usage.fds_max = usage.fds_max.max(fds);
     }
     usage
+}
+
+/// The pids of the processes on this node whose program path ends with
+/// `program` and whose arguments begin with `leading`.
+pub(super) fn running(program: &str, leading: &[&str]) -> Vec<i32> {
+    processes()
+        .into_iter()
+        .map(|process| process.pid)
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let mut args = cmdline.split(|b| *b == 0);
+            args.next().is_some_and(|a| a.ends_with(program.as_bytes()))
+                && leading.iter().all(|l| args.next() == Some(l.as_bytes()))
+        })
+        .collect()
 }
 
 /// [`ROLLOUTS`] rolling restarts of 3 pods under load.

@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::endurance::usage;
+use super::endurance::{running, usage};
 use super::install::{self, OPERATOR, helm_release};
 use super::workload::{leader, leader_metrics, sample};
 use crate::cluster::manifests;
@@ -32,7 +32,6 @@ use crate::cluster::report::{Figures, seconds};
 use crate::cluster::{RELEASE_NAMESPACE, Suite};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
-use quiesce_testkit::process::processes;
 
 /// Namespace of the fleet.
 const NAMESPACE: &str = "qe2e-fleet";
@@ -163,22 +162,14 @@ struct ControllerManagerStopped(Pid);
 
 impl ControllerManagerStopped {
     fn stop() -> anyhow::Result<Self> {
-        let mut found = processes().into_iter().filter(|p| {
-            std::fs::read(format!("/proc/{}/cmdline", p.pid)).is_ok_and(|cmdline| {
-                cmdline
-                    .split(|b| *b == 0)
-                    .next()
-                    .is_some_and(|program| program.ends_with(b"kube-controller-manager"))
-            })
-        });
-        let process = found
-            .next()
-            .context("no kube-controller-manager runs on this machine")?;
-        check!(
-            found.next().is_none(),
-            "more than one kube-controller-manager runs on this machine"
-        );
-        let pid = Pid::from_raw(process.pid);
+        let found = running("kube-controller-manager", &[]);
+        let [process] = found[..] else {
+            anyhow::bail!(
+                "{} kube-controller-manager processes run on this machine, not one",
+                found.len()
+            );
+        };
+        let pid = Pid::from_raw(process);
         signal::kill(pid, Signal::SIGSTOP).context("stopping kube-controller-manager")?;
         Ok(Self(pid))
     }
